@@ -257,9 +257,9 @@ class XmodelLM(nn.Module):
         if start + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len="
                              f"{self.config.max_seq_len}; shorten the input or raise max_seq_len")
-        if positions is None:
-            positions = torch.arange(start, start + T, device=x.device).expand(B, T)
-        cos, sin = self.rope(positions)                # (B, 1, T, hd)
+        if positions is None:   # the usual case: one shared range, (1, T) broadcasts over B
+            positions = torch.arange(start, start + T, device=x.device)[None]
+        cos, sin = self.rope(positions)                # (B or 1, 1, T, hd)
         causal, mask = self._attention_mask(T, start, key_valid, x.device)
         for block in self.model.layers:
             x = block(x, cos, sin, causal, cache, mask)
@@ -372,7 +372,9 @@ class XmodelLM(nn.Module):
                 lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes[:8]))
             lines.append("  (is the config.json the one saved with these weights?)")
             raise ValueError("\n".join(lines))
-        self.load_state_dict(state, assign=True)
+        # a model built on the meta device has no storage yet: take the checkpoint's tensors
+        # as they are; otherwise copy into the existing parameters (an optimizer holds them)
+        self.load_state_dict(state, assign=any(p.is_meta for p in self.parameters()))
 
     def save_hf(self, path):
         """Write config.json and model.safetensors that transformers' LlamaForCausalLM loads."""

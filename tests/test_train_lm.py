@@ -1,0 +1,139 @@
+"""train_lm.py: exact resume, DDP equivalence, and clear errors on bad input."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_lm
+from train_lm import TrainConfig, parse_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_corpus(folder, n_docs=400, seed=0):
+    """A small English-like corpus, documents separated by blank lines."""
+    rng = random.Random(seed)
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "brown", "pink"]
+    shapes = ["circle", "square", "star", "triangle", "hexagon", "diamond", "heart", "cross"]
+    docs = []
+    for _ in range(n_docs):
+        relation = rng.choice(["left of", "right of", "above", "below", "next to", "far from"])
+        sents = [f"The {rng.choice(colours)} {rng.choice(shapes)} is {relation} the "
+                 f"{rng.choice(colours)} {rng.choice(shapes)}. There are {rng.randint(1, 9)} shapes."
+                 for _ in range(rng.randint(1, 4))]
+        docs.append(" ".join(sents))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "corpus.txt"), "w") as f:
+        f.write("\n\n".join(docs) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A corpus and a tokenizer shared by the tests of this file (trained once)."""
+    root = tmp_path_factory.mktemp("lm")
+    corpus = write_corpus(str(root / "corpus"))
+    from tokenizer import train_sentencepiece
+    tok = train_sentencepiece([corpus], str(root / "tok.model"), vocab_size=320)
+    return root, corpus, str(tok)
+
+
+def tiny_config(root, corpus, tok, out, **kw):
+    base = dict(preset="tiny", corpus=corpus, tokenizer=tok, seq_len=32, batch_size=8, micro_batch=4,
+                max_steps=6, warmup_steps=2, lr=1e-3, min_lr=1e-4, out_dir=str(root / out),
+                log_interval=1, eval_interval=3, eval_batches=2, ckpt_interval=100, sample_tokens=8)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_exact_resume(workdir):
+    root, corpus, tok = workdir
+    straight = train_lm.train(tiny_config(root, corpus, tok, "straight"))
+    train_lm.train(tiny_config(root, corpus, tok, "halves"), stop_at=3)
+    half = load_file(str(root / "halves" / "ckpt" / "model.safetensors"))
+    resumed = train_lm.train(tiny_config(root, corpus, tok, "halves", resume=True))
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    # and the halfway checkpoint really was a different (earlier) model
+    assert not torch.equal(half["lm_head.weight"], straight.state_dict()["lm_head.weight"])
+
+
+def test_resume_with_another_config_is_a_clear_error(workdir, capsys):
+    root, corpus, tok = workdir
+    train_lm.train(tiny_config(root, corpus, tok, "cfg", max_steps=2))
+    with pytest.raises(SystemExit, match="different model config"):
+        train_lm.train(tiny_config(root, corpus, tok, "cfg", preset="small", resume=True))
+
+
+def test_resume_without_checkpoint_is_a_clear_error(workdir):
+    root, corpus, tok = workdir
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_lm.train(tiny_config(root, corpus, tok, "fresh", resume=True))
+
+
+def test_loss_decreases_and_metrics_are_logged(workdir):
+    root, corpus, tok = workdir
+    train_lm.train(tiny_config(root, corpus, tok, "learn", max_steps=30, lr=3e-3, eval_interval=30))
+    rows = [json.loads(l) for l in open(root / "learn" / "metrics.jsonl")]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 30 and losses[-1] < losses[0] - 1.0
+    assert any("val_loss" in r for r in rows)
+    assert os.path.exists(root / "learn" / "model" / "model.safetensors")
+
+
+def test_ddp_two_processes_match_one(workdir):
+    """torchrun --nproc_per_node=2 (gloo) gives the same losses as one process, same global batch."""
+    root, corpus, tok = workdir
+    args = [f"--preset=tiny", f"--corpus={corpus}", f"--tokenizer={tok}", "--seq_len=32",
+            "--batch_size=8", "--micro_batch=2", "--max_steps=4", "--warmup_steps=1",
+            "--log_interval=1", "--eval_interval=100", "--ckpt_interval=100", "--device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # shards first, so the two runs do not race to write them
+    train_lm.train(parse_config(TrainConfig, args + [f"--out_dir={root / 'one'}"]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           os.path.join(ROOT, "train_lm.py"), *args, f"--out_dir={root / 'two'}",
+           f"--corpus={root / 'one' / 'tokens'}"]
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=300)
+    one = [json.loads(l)["loss"] for l in open(root / "one" / "metrics.jsonl") if '"loss"' in l]
+    two = [json.loads(l)["loss"] for l in open(root / "two" / "metrics.jsonl") if '"loss"' in l]
+    assert len(one) == len(two) == 4
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path):
+    cfg = TrainConfig(corpus=str(tmp_path / "nothing"), out_dir=str(tmp_path / "out"))
+    with pytest.raises(SystemExit, match="does not exist"):
+        train_lm.train(cfg)
+
+
+def test_empty_corpus_is_a_clear_error(workdir, tmp_path):
+    _, _, tok = workdir
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("\n\n  \n")
+    cfg = TrainConfig(corpus=str(tmp_path / "empty"), tokenizer=tok, out_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="no training text"):
+        train_lm.train(cfg)
+
+
+def test_config_overrides():
+    cfg = parse_config(TrainConfig, ["--lr=0.01", "--compile=true", "--preset=xmodel-1.1b"],
+                       presets=train_lm.TRAIN_PRESETS)
+    assert cfg.lr == 0.01 and cfg.compile is True and cfg.seq_len == 4096 and cfg.batch_size == 864
+    with pytest.raises(SystemExit, match="did you mean --max_steps"):
+        parse_config(TrainConfig, ["--max_step=3"])
+    with pytest.raises(SystemExit, match="expects a value of type int"):
+        parse_config(TrainConfig, ["--max_steps=many"])
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert train_lm.lr_at(0, cfg) == pytest.approx(0.1)
+    assert train_lm.lr_at(9, cfg) == pytest.approx(1.0)
+    assert train_lm.lr_at(60, cfg) == pytest.approx(0.55)      # halfway down the cosine
+    assert train_lm.lr_at(110, cfg) == pytest.approx(0.1)

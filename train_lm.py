@@ -1,0 +1,429 @@
+"""
+Pretrain Xmodel-LM from raw tokens.
+
+    python train_lm.py                          # tiny model on the shapes world, CPU, ~3 minutes
+    python train_lm.py --preset=xmodel-1.1b --corpus=/data/mytext --tokenizer=xmodel_32000.model
+    torchrun --nproc_per_node=8 train_lm.py --preset=xmodel-1.1b ...   # DDP over 8 GPUs
+    python train_lm.py --help                   # every setting, with its default and meaning
+
+With no arguments it makes what it needs: the shapes world's text corpus (data.py), a
+SentencePiece unigram tokenizer trained on it (tokenizer.py), token shards (data.py), and then
+trains the `tiny` preset. Output, under out_dir:
+    tokenizer.model   the tokenizer (unless --tokenizer names one)
+    tokens/           train_*.bin / val_*.bin token shards
+    ckpt/             the latest checkpoint: model.safetensors + state.pt (resume with --resume)
+    model/            the final model in Hugging Face Llama format + tokenizer (chat/VLM load it)
+    metrics.jsonl     one JSON line per logged step and per evaluation
+
+The loop: AdamW (weight decay on 2-D weights only), linear warmup then cosine decay,
+gradient accumulation to reach the global batch, gradient clipping, bf16 autocast on CUDA,
+optional torch.compile, DDP under torchrun. Checkpoints are atomic and hold everything needed
+to continue exactly (model, optimizer, step, RNG; the data depends only on the step).
+"""
+
+import dataclasses
+import difflib
+import inspect
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from model import LMConfig, XmodelLM, lm_config_dict, lm_config_from_dict, atomic_write
+
+
+@dataclass
+class TrainConfig:
+    # --- model ---
+    preset: str = "tiny"            # LMConfig preset: tiny | small | xmodel-1.1b
+    init_from: str = ""             # a HF Llama directory to start from instead of random weights
+    # --- data ---
+    corpus: str = "data/shapes/corpus"  # text files/folders (.txt, .jsonl), or a folder of token shards
+    tokenizer: str = ""             # a .model/.tiktoken file; "" = train one on the corpus into out_dir
+    vocab_size: int = 2048          # vocabulary of a tokenizer trained here
+    seq_len: int = 256              # tokens per training sequence
+    # --- optimisation (the paper: 6e-4 -> 6e-5 cosine, 2000 warmup, wd 0.1, clip 1.0) ---
+    batch_size: int = 32            # global batch, in sequences (all processes, all micro-steps)
+    micro_batch: int = 16           # sequences per forward/backward per process
+    max_steps: int = 700
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    # --- system ---
+    device: str = "auto"            # auto = cuda if available, else cpu
+    compile: bool = False           # torch.compile the model (GPU: faster after a warm-up)
+    seed: int = 1337
+    out_dir: str = "out/lm"
+    resume: bool = False            # continue from out_dir/ckpt exactly where it stopped
+    # --- logging ---
+    log_interval: int = 25          # steps between log lines
+    eval_interval: int = 250        # steps between val loss + a generated sample (and at the end)
+    eval_batches: int = 8           # val batches per evaluation
+    ckpt_interval: int = 250        # steps between checkpoints (and at the end)
+    sample_tokens: int = 48         # tokens generated per sample at each evaluation
+
+
+# Training presets: the default above is the CPU shapes-world run; this is the paper's recipe.
+TRAIN_PRESETS = {
+    "xmodel-1.1b": dict(
+        corpus="", tokenizer="", vocab_size=32000, seq_len=4096,
+        batch_size=864, micro_batch=4,        # 864 x 4096 = 3.5M tokens per step
+        max_steps=200_000, lr=6e-4, min_lr=6e-5, warmup_steps=2000, compile=True,
+        log_interval=10, eval_interval=1000, eval_batches=20, ckpt_interval=1000, sample_tokens=64),
+    "small": dict(vocab_size=8000, seq_len=1024, batch_size=64, micro_batch=16, max_steps=5000,
+                  lr=1e-3, min_lr=1e-4, warmup_steps=200),
+}
+
+
+# -----------------------------------------------------------------------------
+# One config mechanism for every script: a dataclass, presets, and --key=value overrides
+
+def parse_config(cls, argv=None, presets=None):
+    """Build cls from defaults, then `--preset=NAME` (if presets has it), then --key=value.
+    `--help` prints the commented defaults block, which is the documentation."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(inspect.getdoc(sys.modules[cls.__module__]) or "")
+        print("\nSettings (override with --key=value):\n")
+        print(inspect.getsource(cls))
+        if presets:
+            print(f"presets (--preset=NAME) also set these: {json.dumps(presets, indent=2)}")
+        sys.exit(0)
+    pairs = []
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SystemExit(f"cannot parse argument {arg!r}: use --key=value (see --help)")
+        pairs.append(arg[2:].split("=", 1))
+    kwargs = {}
+    for key, value in pairs:
+        if key == "preset" and presets and value in presets:
+            kwargs.update(presets[value])
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in pairs:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise SystemExit(f"unknown setting --{key}" + (f" (did you mean --{hint[0]}?)" if hint else "")
+                             + "; see --help")
+        kwargs[key] = convert(value, known[key].type, key)
+    return cls(**kwargs)
+
+
+def convert(value, typ, key):
+    if typ is bool:
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise SystemExit(f"--{key} expects true or false, got {value!r}")
+    try:
+        return typ(value)
+    except ValueError:
+        raise SystemExit(f"--{key} expects a value of type {typ.__name__}, got {value!r}") from None
+
+
+# -----------------------------------------------------------------------------
+# Helpers the VLM trainer shares
+
+def setup_distributed(device):
+    """(rank, world_size, local device). Under torchrun, join the process group."""
+    if "RANK" not in os.environ:
+        dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, dev
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        return rank, world, f"cuda:{local}"
+    return rank, world, "cpu"
+
+
+def lr_at(step, cfg):
+    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model, cfg, device):
+    """AdamW with weight decay on matrices (2-D weights) only: norms' gains are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = str(device).startswith("cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+
+
+PEAK_TFLOPS = {  # dense bf16 tensor-core peaks, for MFU
+    "H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
+    "L40S": 362e12, "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12,
+}
+
+
+def peak_flops(device):
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def format_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def save_checkpoint(ckpt_dir, model, optimizer, step, config_dict, extra=None):
+    """Write model.safetensors + state.pt into a fresh folder, then swap it in with renames,
+    so a crash at any moment leaves either the old or the new checkpoint whole."""
+    from safetensors.torch import save_file
+    tmp, old = ckpt_dir + ".tmp", ckpt_dir + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(tmp, "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "config": config_dict,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                **(extra or {})}, os.path.join(tmp, "state.pt"))
+    if os.path.exists(ckpt_dir):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(ckpt_dir, old)
+    os.replace(tmp, ckpt_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(ckpt_dir):
+    """(weights, state) of a checkpoint folder; falls back to the .old copy of an interrupted swap."""
+    from safetensors.torch import load_file
+    if not os.path.exists(ckpt_dir) and os.path.exists(ckpt_dir + ".old"):
+        ckpt_dir = ckpt_dir + ".old"
+    files = [os.path.join(ckpt_dir, f) for f in ("model.safetensors", "state.pt")]
+    if not all(os.path.exists(f) for f in files):
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} (expected model.safetensors "
+                                f"and state.pt); run without --resume to start fresh")
+    return load_file(files[0]), torch.load(files[1], map_location="cpu", weights_only=True)
+
+
+# -----------------------------------------------------------------------------
+# Preparing data: corpus -> tokenizer -> shards
+
+def prepare_data(cfg, rank):
+    """Returns (tokenizer, shard folder), making whatever is missing (on rank 0)."""
+    import data
+    from tokenizer import load_tokenizer, train_sentencepiece
+    corpus = cfg.corpus
+    if not corpus:
+        raise SystemExit("--corpus is required: a folder or files of raw text (.txt, .jsonl), "
+                         "or a folder of token shards")
+    if corpus == TrainConfig.corpus and not os.path.exists(corpus) and rank == 0:
+        print(f"{corpus} does not exist: generating the shapes world (python data.py shapes)")
+        data.generate_shapes_world(os.path.dirname(corpus))
+    if not os.path.exists(corpus):
+        raise SystemExit(f"--corpus {corpus} does not exist")
+    tok_path = cfg.tokenizer or os.path.join(cfg.out_dir, "tokenizer.model")
+    is_shards = os.path.isdir(corpus) and any(f.endswith(".bin") for f in os.listdir(corpus))
+    shard_dir = corpus if is_shards else os.path.join(cfg.out_dir, "tokens")
+    if rank == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if not os.path.exists(tok_path):
+            if cfg.tokenizer:
+                raise SystemExit(f"--tokenizer {cfg.tokenizer} does not exist")
+            print(f"training a SentencePiece unigram tokenizer (vocab {cfg.vocab_size}) on {corpus}")
+            # hard_vocab_limit off: a small corpus may support fewer pieces than asked for
+            train_sentencepiece([corpus], tok_path, vocab_size=cfg.vocab_size, hard_vocab_limit=False)
+        summary = os.path.join(shard_dir, "summary.json")
+        if not is_shards and not os.path.exists(summary):
+            print(f"tokenizing {corpus} into {shard_dir}")
+            data.tokenize_corpus([corpus], tok_path, shard_dir)
+    if dist.is_initialized():
+        dist.barrier()
+    return load_tokenizer(tok_path), tok_path, shard_dir
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+def train(cfg, stop_at=None):
+    """Run the training loop; `stop_at` ends early after that step (tests use it to simulate an
+    interrupted run). Returns the final model."""
+    rank, world, device = setup_distributed(cfg.device)
+    master = rank == 0
+    torch.manual_seed(cfg.seed)
+    tok, tok_path, shard_dir = prepare_data(cfg, rank)
+    if cfg.batch_size % (cfg.micro_batch * world):
+        raise SystemExit(f"batch_size {cfg.batch_size} must be a multiple of micro_batch x processes "
+                         f"= {cfg.micro_batch} x {world}")
+    grad_accum = cfg.batch_size // (cfg.micro_batch * world)
+
+    # model
+    if cfg.init_from:
+        model = XmodelLM.from_hf(cfg.init_from)
+    else:
+        model = XmodelLM(LMConfig.preset(cfg.preset, vocab_size=tok.vocab_size,
+                                         max_seq_len=max(cfg.seq_len, LMConfig.preset(cfg.preset).max_seq_len)))
+    if model.config.vocab_size < tok.vocab_size:
+        raise SystemExit(f"the model's vocab ({model.config.vocab_size}) is smaller than the "
+                         f"tokenizer's ({tok.vocab_size})")
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    step = 0
+    ckpt_dir = os.path.join(cfg.out_dir, "ckpt")
+    if cfg.resume:
+        weights, state = load_checkpoint(ckpt_dir)
+        if state["config"]["model"] != lm_config_dict(model.config):
+            raise SystemExit(f"checkpoint {ckpt_dir} was saved from a different model config:\n"
+                             f"  checkpoint: {state['config']['model']}\n  this run:   "
+                             f"{lm_config_dict(model.config)}\nuse the same --preset/--tokenizer, "
+                             f"or a new --out_dir")
+        model.load_state_dict_checked(weights, source=ckpt_dir)
+        model.to(device)
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if master:
+            print(f"resumed from {ckpt_dir} at step {step}")
+
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
+                else nullcontext())
+
+    train_data = data_loader(shard_dir, "train", cfg)
+    val_data = data_loader(shard_dir, "val", cfg, missing_ok=True) or train_data
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    flops_per_step = raw_model.flops_per_token(cfg.seq_len) * tokens_per_step
+    peak = peak_flops(device)
+    if master:
+        print(f"model: {raw_model.num_params() / 1e6:.1f}M parameters | {world} process(es) on {device} | "
+              f"global batch {cfg.batch_size} x {cfg.seq_len} = {tokens_per_step} tokens | "
+              f"grad accumulation {grad_accum}")
+    metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
+    run_config = {"train": dataclasses.asdict(cfg), "model": lm_config_dict(raw_model.config)}
+
+    t_start, t_last, first_step = time.time(), time.time(), step
+    while step < cfg.max_steps:
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(grad_accum):
+            # this process's sequences of the global batch: the same set whatever the world size
+            first = (micro * world + rank) * cfg.micro_batch
+            x, y = train_data.batch(step, range(first, first + cfg.micro_batch))
+            x, y = x.to(device), y.to(device)
+            sync = micro == grad_accum - 1 or world == 1
+            with autocast, (nullcontext() if sync else model.no_sync()):
+                _, loss = model(x, y)
+                (loss / grad_accum).backward()
+            loss_sum += loss.detach()
+        if world > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        loss_value = loss_sum.item() / grad_accum
+        if not math.isfinite(loss_value):
+            raise SystemExit(f"loss is {loss_value} at step {step}: training diverged. The last good "
+                             f"checkpoint is in {ckpt_dir}; try a lower --lr or a longer --warmup_steps, "
+                             f"then --resume")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if master and (step % cfg.log_interval == 0 or step == cfg.max_steps):
+            now = time.time()
+            dt = (now - t_last) / min(cfg.log_interval, step - first_step or 1)
+            t_last = now
+            mfu = flops_per_step / dt / (peak * world) if peak else None
+            eta = (now - t_start) / (step - first_step) * (cfg.max_steps - step)
+            print(f"step {step}/{cfg.max_steps} | loss {loss_value:.4f} | lr {lr:.2e} | "
+                  f"grad norm {grad_norm:.2f} | {tokens_per_step / dt / 1e3:.1f}k tok/s | "
+                  f"MFU {f'{100 * mfu:.1f}%' if mfu else '-'} | ETA {format_time(eta)}", flush=True)
+            metrics.write(json.dumps({"step": step, "loss": loss_value, "lr": lr,
+                                      "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step / dt,
+                                      "mfu": mfu, "time": now - t_start}) + "\n")
+            metrics.flush()
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            val_loss = evaluate(model, val_data, cfg, rank, world, device, autocast)
+            if master:
+                sample = generate_sample(raw_model, tok, cfg, device)
+                print(f"step {step} | val loss {val_loss:.4f} | sample: {sample!r}", flush=True)
+                metrics.write(json.dumps({"step": step, "val_loss": val_loss, "sample": sample}) + "\n")
+                metrics.flush()
+        if master and (step % cfg.ckpt_interval == 0 or step == cfg.max_steps or step == stop_at):
+            save_checkpoint(ckpt_dir, raw_model, optimizer, step, run_config)
+        if step == stop_at:
+            break
+
+    if master and step == cfg.max_steps:
+        export_dir = os.path.join(cfg.out_dir, "model")
+        raw_model.save_hf(export_dir)
+        shutil.copy(tok_path, os.path.join(export_dir, os.path.basename(tok_path)))
+        print(f"done in {format_time(time.time() - t_start)}; model saved to {export_dir}")
+        for text in generate_sample(raw_model, tok, cfg, device, n=4):
+            print("  >", text)
+    if metrics:
+        metrics.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return raw_model
+
+
+def data_loader(shard_dir, split, cfg, missing_ok=False):
+    import data
+    try:
+        return data.TokenLoader(shard_dir, split, cfg.seq_len, seed=cfg.seed if split == "train" else cfg.seed + 1)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise
+
+
+@torch.no_grad()
+def evaluate(model, val_data, cfg, rank, world, device, autocast):
+    """Mean loss over the same eval_batches x micro_batch validation windows every time."""
+    model.eval()
+    total = torch.zeros((), device=device)
+    for b in range(cfg.eval_batches):
+        first = rank * cfg.micro_batch
+        x, y = val_data.batch(b, range(first, first + cfg.micro_batch))
+        with autocast:
+            _, loss = model(x.to(device), y.to(device))
+        total += loss
+    if world > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.AVG)
+    return total.item() / cfg.eval_batches
+
+
+def generate_sample(model, tok, cfg, device, n=None, temperature=0.8, top_k=50):
+    """One (or n) generated texts from a bare <s>, with a fixed seed so samples are comparable
+    across evaluations and the training RNG is left untouched."""
+    with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
+        torch.manual_seed(0)
+        prompts = [[tok.bos_id]] * (n or 1)
+        out = model.generate(prompts, cfg.sample_tokens, temperature=temperature, top_k=top_k,
+                             eos_id=tok.eos_id, pad_id=tok.pad_id)
+    texts = [tok.decode([t for t in row.tolist() if t != tok.eos_id and t != tok.pad_id]) for row in out]
+    return texts if n else texts[0]
+
+
+if __name__ == "__main__":
+    train(parse_config(TrainConfig, presets=TRAIN_PRESETS))
