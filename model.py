@@ -57,8 +57,8 @@ class LMConfig:
         presets = {
             # the paper's Xmodel-LM 1.1B: 1,188,136,960 parameters
             "xmodel-1.1b": dict(),
-            # ~9M parameters: a few minutes of CPU training learns the shapes world's English
-            "tiny": dict(vocab_size=2048, n_layer=4, n_head=8, n_kv_head=2, n_embd=256,
+            # ~3M parameters: a few minutes of CPU training learns the shapes world's English
+            "tiny": dict(vocab_size=1024, n_layer=4, n_head=8, n_kv_head=2, n_embd=256,
                          intermediate_size=688, max_seq_len=512),
             # ~110M parameters: a GPU sanity run before the 1.1B
             "small": dict(n_layer=12, n_head=12, n_kv_head=4, n_embd=768,

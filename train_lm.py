@@ -47,15 +47,15 @@ class TrainConfig:
     # --- data ---
     corpus: str = "data/shapes/corpus"  # text files/folders (.txt, .jsonl), or a folder of token shards
     tokenizer: str = ""             # a .model/.tiktoken file; "" = train one on the corpus into out_dir
-    vocab_size: int = 2048          # vocabulary of a tokenizer trained here
-    seq_len: int = 256              # tokens per training sequence
+    vocab_size: int = 1024          # vocabulary of a tokenizer trained here
+    seq_len: int = 128              # tokens per training sequence
     # --- optimisation (the paper: 6e-4 -> 6e-5 cosine, 2000 warmup, wd 0.1, clip 1.0) ---
-    batch_size: int = 32            # global batch, in sequences (all processes, all micro-steps)
+    batch_size: int = 16            # global batch, in sequences (all processes, all micro-steps)
     micro_batch: int = 16           # sequences per forward/backward per process
-    max_steps: int = 700
-    lr: float = 2e-3
-    min_lr: float = 2e-4
-    warmup_steps: int = 50
+    max_steps: int = 400
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 30
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -68,10 +68,10 @@ class TrainConfig:
     out_dir: str = "out/lm"
     resume: bool = False            # continue from out_dir/ckpt exactly where it stopped
     # --- logging ---
-    log_interval: int = 25          # steps between log lines
-    eval_interval: int = 250        # steps between val loss + a generated sample (and at the end)
+    log_interval: int = 20          # steps between log lines
+    eval_interval: int = 100        # steps between val loss + a generated sample (and at the end)
     eval_batches: int = 8           # val batches per evaluation
-    ckpt_interval: int = 250        # steps between checkpoints (and at the end)
+    ckpt_interval: int = 100        # steps between checkpoints (and at the end)
     sample_tokens: int = 48         # tokens generated per sample at each evaluation
 
 
