@@ -11,7 +11,6 @@ median of `repeats` timings, ours and theirs interleaved so that machine noise h
 and the ratio ours/theirs (below 1.0 = we are faster). Results belong in BENCHMARKS.md.
 """
 
-import os
 import statistics
 import sys
 import tempfile

@@ -7,7 +7,7 @@ Parts of this file, each in its own delimited section:
      LLaVA pretrain and instruct JSON, POPE, GQA, ScienceQA, MME), so that the default run
      exercises the same loaders, training and scoring code that real data uses.
   2. Text shards: raw text -> token shards, and the loader train_lm.py draws windows from.
-  3. LLaVA datasets: LLaVA JSON + image folder -> samples, collation.  (to be added)
+  3. LLaVA datasets: LLaVA JSON + image folder -> input ids, labels, pixels; the collator.
 
 Run it:
   python data.py shapes --out data/shapes       # the shapes world (--help lists every file)
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from model import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from tokenizer import find_input_files, jsonl_text
 
 # -----------------------------------------------------------------------------
@@ -74,6 +75,9 @@ RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": 
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 NUMBER_WORDS = ["no", "one", "two", "three", "four"]
 # The prompt suffixes of LLaVA-1.5's data and benchmark question files, used verbatim.
+# the Vicuna v1 template's system prompt (LLaVA's conv_vicuna_v1), used by stage 2 and the corpus
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant "
+                 "gives helpful, detailed, and polite answers to the user's questions.")
 SHORT = "\nAnswer the question using a single word or phrase."
 YESNO = " Please answer yes or no."
 CHOICE = "\nAnswer with the option's letter from the given choices directly."
@@ -367,7 +371,10 @@ def text_only_conversation(rng):
 
 def corpus_document(scene, rng, used):
     """One paragraph of LM pretraining text about a scene: a description, relations, a count
-    and question-answer prose."""
+    and question-answer prose; a third of them as a chat in the Vicuna template the VLM is
+    fine-tuned with, so the LM (and its tokenizer) know the template's words before stage 2."""
+    if rng.random() < 0.3:
+        return chat_document(scene, rng, used)
     triples = relation_triples(scene["objects"])
     parts = [describe(scene, rng)] + [relation_sentence(*t, rng) for t in rng.sample(triples, min(len(triples), 2))]
     parts.append(count_sentence(scene))
@@ -377,6 +384,16 @@ def corpus_document(scene, rng, used):
     if rng.random() < 0.3:
         parts.append(rng.choice(FACTS))
     return " ".join(parts)
+
+
+def chat_document(scene, rng, used):
+    """The scene in words, then two questions about it, in the Vicuna v1 chat template."""
+    turns = []
+    for i, qtype in enumerate(rng.sample(available_types(scene), 2)):
+        q, a = ask(scene, qtype, rng, used)
+        context = describe(scene, rng) + " " if i == 0 else ""
+        turns.append(f"USER: {context}{q} {SHORT.strip()} ASSISTANT: {a}")  # one line per document
+    return VICUNA_SYSTEM + " " + " ".join(turns)
 
 
 def caption_conversation(scene, rng):
@@ -725,36 +742,6 @@ def generate_shapes_world(out_dir, size=64, n_train=20000, n_test=500, n_comp=30
     return manifest
 
 
-def check_llava_json(path, image_folder=None):
-    """Check that a file is LLaVA JSON: a list of {"id", "conversations", optional "image"},
-    turns alternating human/gpt from a human one, exactly one <image> (in the first turn)
-    when there is an image and none otherwise. Raises ValueError naming the sample; returns
-    the number of samples. (The LLaVA dataset loader in this file will absorb this.)"""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of samples, found {type(data).__name__}")
-    for i, d in enumerate(data):
-        where = f"{path}: sample {i} (id {d.get('id') if isinstance(d, dict) else '?'})"
-        if not isinstance(d, dict) or "id" not in d or not isinstance(d.get("conversations"), list):
-            raise ValueError(f"{where}: expected an object with 'id' and a 'conversations' list")
-        turns = d["conversations"]
-        roles = [t.get("from") for t in turns]
-        if not turns or len(turns) % 2 or roles != ["human", "gpt"] * (len(turns) // 2):
-            raise ValueError(f"{where}: expected turns alternating human, gpt, ... ; found roles {roles}")
-        if any(not isinstance(t.get("value"), str) or not t["value"].strip() for t in turns):
-            raise ValueError(f"{where}: every turn needs a non-empty string 'value'")
-        n_image = sum(t["value"].count("<image>") for t in turns)
-        want = 1 if "image" in d else 0
-        if n_image != want or (want and "<image>" not in turns[0]["value"]):
-            raise ValueError(f"{where}: expected {want} <image> placeholder (in the first turn) since the sample "
-                             f"has {'an' if want else 'no'} 'image' key; found {n_image}")
-        if want and image_folder and not os.path.isfile(os.path.join(image_folder, d["image"])):
-            raise ValueError(f"{where}: image {d['image']!r} not found under {image_folder}; "
-                             f"pass the folder the paths are relative to")
-    return len(data)
-
-
 def make_grid(path, seed=0, n=8, size=64, scale=2, cols=4):
     """Save a picture of n fresh scenes (upscaled `scale` times, pixels kept sharp) and return
     [(scene, [(question, answer), ...])] for them, for the README."""
@@ -967,6 +954,187 @@ class TokenLoader:
         """The sequences with the given indices of global batch `step`: x, y (len, seq_len)."""
         w = torch.from_numpy(np.stack([self.sequence(step, i) for i in indices]))
         return w[:, :-1], w[:, 1:]
+
+
+# -----------------------------------------------------------------------------
+# 3. LLaVA datasets: conversations -> input ids and labels, and padded batches
+#
+# A LLaVA sample is {"id", "image" (optional, relative to an image folder), "conversations":
+# [{"from": "human", "value": "<image>\nWhat is ...?"}, {"from": "gpt", "value": "..."}, ...]}.
+# `build_sample` is the one function that turns it into token ids and labels, for both
+# templates (LLaVA's conv_llava_plain and conv_vicuna_v1):
+#   plain      <s><image>{caption}\n                       (stage 1; the instruction is dropped)
+#   vicuna_v1  <s>{system} USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>
+# Only the caption and newline (plain) or the answers and their </s> (vicuna_v1) have labels;
+# everything else is IGNORE_INDEX. "<image>" becomes one IMAGE_TOKEN_INDEX placeholder id that
+# the model replaces by the projected visual tokens.
+#
+# Each piece of the template is tokenized on its own and the pieces are concatenated, so the
+# labels line up with the answers by construction (LLaVA tokenizes the whole text and then
+# re-tokenizes prefixes to find the answers, which silently breaks when the two disagree).
+# What can still go wrong is that the tokenizer cannot spell an answer (no byte fallback: an
+# <unk>), so each answer is decoded back and compared; a mismatch fails with the sample's id.
+
+IMAGE = "<image>"
+CHAT_TEMPLATES = ("plain", "vicuna_v1")
+
+
+class SampleError(ValueError):
+    """A sample that cannot be turned into training data; the dataset skips and counts it."""
+
+
+def template_pieces(turns, template):
+    """(text, supervised, then_eos) pieces of one conversation. If the conversation ends with a
+    human turn, the pieces end with the prompt for the answer (for generation)."""
+    if template == "plain":
+        # LLaVA's plain template keeps only the image and the caption
+        pieces = [(IMAGE, False, False)] if IMAGE in turns[0]["value"] else []
+        return pieces + ([(turns[1]["value"] + "\n", True, False)] if len(turns) > 1 else [])
+    if template != "vicuna_v1":
+        raise ValueError(f"unknown template {template!r}; expected one of {CHAT_TEMPLATES}")
+    pieces = [(VICUNA_SYSTEM + " ", False, False)]
+    for i in range(0, len(turns), 2):
+        question = turns[i]["value"]
+        if i == 0 and IMAGE in question:  # LLaVA puts the image first: "<image>\n{question}"
+            question = IMAGE + "\n" + question.replace(IMAGE, "").strip()
+        pieces.append((f"USER: {question} ASSISTANT:", False, False))
+        if i + 1 < len(turns):
+            pieces.append((" " + turns[i + 1]["value"], True, True))
+    return pieces
+
+
+def build_sample(turns, tok, template, sample_id="?"):
+    """The one function that builds (input_ids, labels) lists for both templates.
+    input_ids holds IMAGE_TOKEN_INDEX where the image goes; labels are IGNORE_INDEX except on
+    what the model must learn to say. Raises SampleError naming the sample if it cannot."""
+    ids, labels = [tok.bos_id], [IGNORE_INDEX]
+    for text, supervised, then_eos in template_pieces(turns, template):
+        for k, chunk in enumerate(text.split(IMAGE)):
+            if k > 0:
+                ids.append(IMAGE_TOKEN_INDEX)
+                labels.append(IGNORE_INDEX)
+            if not chunk:
+                continue
+            chunk_ids = tok.encode(chunk)
+            if supervised and " ".join(tok.decode(chunk_ids).split()) != " ".join(chunk.split()):
+                raise SampleError(f"sample {sample_id}: the tokenizer cannot reproduce the answer {chunk!r} "
+                                  f"(it decodes to {tok.decode(chunk_ids)!r}); its labels would be wrong")
+            ids += chunk_ids
+            labels += chunk_ids if supervised else [IGNORE_INDEX] * len(chunk_ids)
+        if then_eos:
+            ids.append(tok.eos_id)
+            labels.append(tok.eos_id)
+    return ids, labels
+
+
+def check_turns(sample, where):
+    """The structure LLaVA JSON must have; raises SampleError saying what is wrong."""
+    turns = sample.get("conversations") if isinstance(sample, dict) else None
+    if not isinstance(turns, list) or not turns or "id" not in sample:
+        raise SampleError(f"{where}: expected an object with 'id' and a non-empty 'conversations' list")
+    roles = [t.get("from") if isinstance(t, dict) else None for t in turns]
+    if roles != ["human", "gpt"] * (len(turns) // 2) or len(turns) % 2:
+        raise SampleError(f"{where}: expected turns alternating human, gpt, ...; found roles {roles}")
+    if any(not isinstance(t.get("value"), str) or not t["value"].strip() for t in turns):
+        raise SampleError(f"{where}: every turn needs a non-empty string 'value'")
+    n_image = sum(t["value"].count(IMAGE) for t in turns)
+    want = 1 if "image" in sample else 0
+    if n_image != want or (want and IMAGE not in turns[0]["value"]):
+        raise SampleError(f"{where}: expected {want} {IMAGE} placeholder (in the first turn) since the sample "
+                          f"has {'an' if want else 'no'} 'image' key; found {n_image}")
+    return turns
+
+
+def load_llava_json(path):
+    """The list of samples of a LLaVA JSON file, with a clear error if it is not one."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: expected a LLaVA JSON file (a list of samples)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            samples = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(samples, list):
+        raise ValueError(f"{path}: expected a JSON list of samples, found {type(samples).__name__}")
+    return samples
+
+
+def check_llava_json(path, image_folder=None):
+    """Check every sample of a LLaVA JSON file (structure, placeholder, image present);
+    raises naming the first bad sample, returns the number of samples."""
+    samples = load_llava_json(path)
+    for i, d in enumerate(samples):
+        where = f"{path}: sample {i} (id {d.get('id') if isinstance(d, dict) else '?'})"
+        check_turns(d, where)
+        if "image" in d and image_folder and not os.path.isfile(os.path.join(image_folder, d["image"])):
+            raise SampleError(f"{where}: image {d['image']!r} not found under {image_folder}; "
+                              f"pass the folder the paths are relative to")
+    return len(samples)
+
+
+class LLaVADataset(torch.utils.data.Dataset):
+    """LLaVA JSON + image folder -> {"id", "input_ids", "labels", "pixels"} per sample.
+
+    A sample that cannot be used (bad structure, missing or corrupt image, labels that cannot
+    be built, too long) comes back as {"id", "skip": reason}; the collator drops it and the
+    trainer counts it. `n_image_tokens` is how many positions the image expands to: a sample
+    longer than max_len is cut at the end, never inside the image, and dropped if nothing
+    supervised would remain."""
+
+    def __init__(self, json_path, image_folder, tok, template, image_processor, n_image_tokens, max_len):
+        self.samples = load_llava_json(json_path)
+        self.path, self.image_folder, self.tok, self.template = json_path, image_folder, tok, template
+        self.image_processor, self.n_image_tokens, self.max_len = image_processor, n_image_tokens, max_len
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        sample = self.samples[i]
+        sid = sample.get("id", f"#{i}") if isinstance(sample, dict) else f"#{i}"
+        try:
+            turns = check_turns(sample, f"{self.path}: sample {i} (id {sid})")
+            ids, labels = build_sample(turns, self.tok, self.template, sid)
+            ids, labels = self.truncate(ids, labels, sid)
+            pixels = None
+            if "image" in sample:
+                pixels = self.image_processor(os.path.join(self.image_folder, sample["image"]))
+        except (SampleError, FileNotFoundError, ValueError) as e:
+            return {"id": sid, "skip": str(e)}
+        return {"id": sid, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels}
+
+    def truncate(self, ids, labels, sid):
+        extra = self.n_image_tokens - 1 if IMAGE_TOKEN_INDEX in ids else 0  # the placeholder expands
+        if len(ids) + extra <= self.max_len:
+            return ids, labels
+        keep = self.max_len - extra
+        if IMAGE_TOKEN_INDEX in ids and ids.index(IMAGE_TOKEN_INDEX) >= keep:
+            raise SampleError(f"sample {sid}: {len(ids) + extra} tokens > max_len {self.max_len}, and cutting "
+                              f"would split the image tokens")
+        if all(l == IGNORE_INDEX for l in labels[:keep]):
+            raise SampleError(f"sample {sid}: {len(ids) + extra} tokens > max_len {self.max_len}; cut to "
+                              f"{self.max_len} it has no answer tokens left")
+        return ids[:keep], labels[:keep]
+
+
+def collate(samples, pad_id):
+    """Right-pad a list of dataset items into a batch. Skipped items are dropped and listed
+    under "skipped" as (id, reason). pixels holds the images of the samples that have one,
+    in order; has_image says which those are."""
+    ok = [s for s in samples if "skip" not in s]
+    T = max((len(s["input_ids"]) for s in ok), default=0)
+    input_ids = torch.full((len(ok), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(ok), T), IGNORE_INDEX, dtype=torch.long)
+    for b, s in enumerate(ok):
+        input_ids[b, :len(s["input_ids"])] = s["input_ids"]
+        labels[b, :len(s["labels"])] = s["labels"]
+    images = [s["pixels"] for s in ok if s["pixels"] is not None]
+    return {"input_ids": input_ids, "labels": labels,
+            "lengths": torch.tensor([len(s["input_ids"]) for s in ok], dtype=torch.long),
+            "pixels": torch.stack(images) if images else None,
+            "has_image": torch.tensor([s["pixels"] is not None for s in ok], dtype=torch.bool),
+            "ids": [s["id"] for s in ok],
+            "skipped": [(s["id"], s["skip"]) for s in samples if "skip" in s]}
 
 
 def tokenize_main(args):

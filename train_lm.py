@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from model import LMConfig, XmodelLM, lm_config_dict, lm_config_from_dict, atomic_write
+from model import LMConfig, XmodelLM, config_from_hf, read_json
 
 
 @dataclass
@@ -269,28 +269,32 @@ def train(cfg, stop_at=None):
                          f"= {cfg.micro_batch} x {world}")
     grad_accum = cfg.batch_size // (cfg.micro_batch * world)
 
-    # model
+    # the model's config first, so that a resumed run refuses a mismatched checkpoint at once
+    ckpt_dir = os.path.join(cfg.out_dir, "ckpt")
     if cfg.init_from:
-        model = XmodelLM.from_hf(cfg.init_from)
+        model_config = config_from_hf(read_json(os.path.join(cfg.init_from, "config.json")))
     else:
-        model = XmodelLM(LMConfig.preset(cfg.preset, vocab_size=tok.vocab_size,
-                                         max_seq_len=max(cfg.seq_len, LMConfig.preset(cfg.preset).max_seq_len)))
-    if model.config.vocab_size < tok.vocab_size:
-        raise SystemExit(f"the model's vocab ({model.config.vocab_size}) is smaller than the "
+        preset_len = LMConfig.preset(cfg.preset).max_seq_len
+        model_config = LMConfig.preset(cfg.preset, vocab_size=tok.vocab_size,
+                                       max_seq_len=max(cfg.seq_len, preset_len))
+    if model_config.vocab_size < tok.vocab_size:
+        raise SystemExit(f"the model's vocab ({model_config.vocab_size}) is smaller than the "
                          f"tokenizer's ({tok.vocab_size})")
+    state = None
+    if cfg.resume:
+        weights, state = load_checkpoint(ckpt_dir)
+        if state["config"]["model"] != dataclasses.asdict(model_config):
+            raise SystemExit(f"checkpoint {ckpt_dir} was saved from a different model config:\n"
+                             f"  checkpoint: {state['config']['model']}\n  this run:   "
+                             f"{dataclasses.asdict(model_config)}\nuse the same --preset/--tokenizer, "
+                             f"or a new --out_dir")
+    model = XmodelLM.from_hf(cfg.init_from) if cfg.init_from else XmodelLM(model_config)
+    if state:
+        model.load_state_dict_checked(weights, source=ckpt_dir)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     step = 0
-    ckpt_dir = os.path.join(cfg.out_dir, "ckpt")
-    if cfg.resume:
-        weights, state = load_checkpoint(ckpt_dir)
-        if state["config"]["model"] != lm_config_dict(model.config):
-            raise SystemExit(f"checkpoint {ckpt_dir} was saved from a different model config:\n"
-                             f"  checkpoint: {state['config']['model']}\n  this run:   "
-                             f"{lm_config_dict(model.config)}\nuse the same --preset/--tokenizer, "
-                             f"or a new --out_dir")
-        model.load_state_dict_checked(weights, source=ckpt_dir)
-        model.to(device)
+    if state:
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         torch.set_rng_state(state["torch_rng"])
@@ -317,7 +321,7 @@ def train(cfg, stop_at=None):
               f"global batch {cfg.batch_size} x {cfg.seq_len} = {tokens_per_step} tokens | "
               f"grad accumulation {grad_accum}")
     metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
-    run_config = {"train": dataclasses.asdict(cfg), "model": lm_config_dict(raw_model.config)}
+    run_config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(raw_model.config)}
 
     t_start, t_last, first_step = time.time(), time.time(), step
     while step < cfg.max_steps:

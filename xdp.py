@@ -271,7 +271,9 @@ def build_projector(kind="xdp", in_dim=1024, out_dim=2048, grid=24, tokens=None)
     if tokens is None:
         counts = cls.token_counts(grid)
         tokens = counts[0] if len(counts) == 1 else max(c for c in counts if c <= grid * grid // 4)
-    return cls(in_dim, out_dim, grid, tokens)
+    projector = cls(in_dim, out_dim, grid, tokens)
+    projector.kind, projector.tokens = kind, tokens  # what a saved VLM's config records
+    return projector
 
 
 def load_mobilevlm_projector(module, state_dict, prefix="model.mm_projector."):

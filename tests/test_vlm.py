@@ -1,0 +1,238 @@
+"""Xmodel-VLM: the label builder, image splicing, the two training stages, resume, loading."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import data
+import train_vlm
+from model import IGNORE_INDEX, IMAGE_TOKEN_INDEX, LMConfig, XmodelLM, XmodelVLM
+from train_vlm import VLMConfig
+from vision import CLIPVisionTower, VisionConfig
+from xdp import build_projector
+
+
+class CharTokenizer:
+    """One id per character (ord + 3), <s>=1, </s>=2, pad 0: easy to check by hand. Characters
+    outside ASCII cannot be spelled: they become 0 and decode as '?' (a tokenizer mismatch)."""
+    bos_id, eos_id, pad_id, vocab_size = 1, 2, 0, 131
+
+    def encode(self, text):
+        return [ord(c) + 3 if ord(c) < 128 else 0 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i - 3) if i >= 3 else "?" for i in ids)
+
+
+def render(ids):
+    """Token ids back to LLaVA's literal prompt text."""
+    special = {1: "<s>", 2: "</s>", IMAGE_TOKEN_INDEX: "<image>"}
+    return "".join(special.get(i) or chr(i - 3) for i in ids)
+
+
+def supervised(ids, labels):
+    return "".join(render([i]) if l != IGNORE_INDEX else "|" for i, l in zip(ids, labels)).strip("|")
+
+
+SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+          "helpful, detailed, and polite answers to the user's questions.")
+
+
+def test_plain_template_by_hand():
+    turns = [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "a red star"}]
+    ids, labels = data.build_sample(turns, CharTokenizer(), "plain")
+    assert render(ids) == "<s><image>a red star\n"
+    assert supervised(ids, labels) == "a red star\n"
+    assert labels[:2] == [IGNORE_INDEX, IGNORE_INDEX]
+
+
+def test_vicuna_single_and_multi_turn_by_hand():
+    turns = [{"from": "human", "value": "What colour is the star?\n<image>"}, {"from": "gpt", "value": "red"},
+             {"from": "human", "value": "How many?"}, {"from": "gpt", "value": "2"}]
+    ids, labels = data.build_sample(turns, CharTokenizer(), "vicuna_v1")
+    assert render(ids) == (f"<s>{SYSTEM} USER: <image>\nWhat colour is the star? ASSISTANT: red</s>"
+                           f"USER: How many? ASSISTANT: 2</s>")
+    assert supervised(ids, labels) == " red</s>" + "|" * len("USER: How many? ASSISTANT:") + " 2</s>"
+    ids1, labels1 = data.build_sample(turns[:2], CharTokenizer(), "vicuna_v1")
+    assert render(ids1) == f"<s>{SYSTEM} USER: <image>\nWhat colour is the star? ASSISTANT: red</s>"
+
+
+def test_text_only_and_generation_prompt():
+    turns = [{"from": "human", "value": "Is a star a shape?"}, {"from": "gpt", "value": "yes"}]
+    ids, labels = data.build_sample(turns, CharTokenizer(), "vicuna_v1")
+    assert IMAGE_TOKEN_INDEX not in ids and supervised(ids, labels) == " yes</s>"
+    prompt, _ = data.build_sample(turns[:1], CharTokenizer(), "vicuna_v1")   # ends before the answer
+    assert render(prompt) == f"<s>{SYSTEM} USER: Is a star a shape? ASSISTANT:"
+
+
+def test_tokenization_mismatch_names_the_sample():
+    turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "café"}]
+    with pytest.raises(data.SampleError, match="sample s42.*cannot reproduce the answer"):
+        data.build_sample(turns, CharTokenizer(), "vicuna_v1", sample_id="s42")
+
+
+def write_llava(tmp_path, samples, images=()):
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    for name in images:
+        Image.new("RGB", (20, 12), (200, 30, 30)).save(folder / name)
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps(samples))
+    return str(path), str(folder)
+
+
+def test_dataset_skips_and_truncates(tmp_path):
+    q = lambda img, ans: [{"from": "human", "value": ("<image>\n" if img else "") + "Q?"}, {"from": "gpt", "value": ans}]
+    samples = [{"id": "ok", "image": "a.png", "conversations": q(True, "yes")},
+               {"id": "missing", "image": "nope.png", "conversations": q(True, "yes")},
+               {"id": "corrupt", "image": "bad.png", "conversations": q(True, "yes")},
+               {"id": "two-images", "image": "a.png", "conversations": q(True, "<image> yes")},
+               {"id": "long", "image": "a.png", "conversations": q(True, "x" * 300)},
+               {"id": "text", "conversations": q(False, "no")}]
+    path, folder = write_llava(tmp_path, samples, ["a.png"])
+    (tmp_path / "images" / "bad.png").write_bytes(b"not a png")
+    from vision import ImageProcessor
+    ds = data.LLaVADataset(path, folder, CharTokenizer(), "plain", ImageProcessor(16), n_image_tokens=4, max_len=64)
+    items = [ds[i] for i in range(len(ds))]
+    skipped = {it["id"]: it["skip"] for it in items if "skip" in it}
+    assert set(skipped) == {"missing", "corrupt", "two-images"}
+    assert "nope.png" in skipped["missing"] and "bad.png" in skipped["corrupt"]
+    long = items[4]
+    assert len(long["input_ids"]) + 4 - 1 == 64          # cut to max_len counting the expanded image
+    batch = data.collate(items, pad_id=0)
+    assert batch["ids"] == ["ok", "long", "text"] and len(batch["skipped"]) == 3
+    assert batch["pixels"].shape == (2, 3, 16, 16) and batch["has_image"].tolist() == [True, True, False]
+    # an image placed after max_len cannot be cut around: the sample is dropped
+    late = [{"id": "late", "image": "a.png", "conversations": [
+        {"from": "human", "value": "y" * 80 + "<image>"}, {"from": "gpt", "value": "ok"}]}]
+    path, folder = write_llava(tmp_path, late)
+    ds = data.LLaVADataset(path, folder, CharTokenizer(), "vicuna_v1", ImageProcessor(16), 4, 64)
+    assert "skip" in ds[0] and "split the image" in ds[0]["skip"]
+
+
+def tiny_vlm(projector="xdp", tokens=None, seed=0):
+    torch.manual_seed(seed)
+    tower = CLIPVisionTower(VisionConfig.preset("tiny", image_size=32, hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=2))
+    lm = XmodelLM(LMConfig(vocab_size=131, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64,
+                           max_seq_len=256))
+    return XmodelVLM(tower, build_projector(projector, 32, 32, tower.grid, tokens), lm)
+
+
+def test_splice_equals_manual_embedding():
+    vlm = tiny_vlm().eval()
+    tok = CharTokenizer()
+    a, _ = data.build_sample([{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "red"}], tok, "vicuna_v1")
+    b, _ = data.build_sample([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "yo"}], tok, "vicuna_v1")
+    pixels = torch.randn(1, 3, 32, 32)
+    batch = data.collate([{"id": 0, "input_ids": torch.tensor(a), "labels": torch.tensor(a), "pixels": pixels[0]},
+                          {"id": 1, "input_ids": torch.tensor(b), "labels": torch.tensor(b), "pixels": None}], 0)
+    with torch.no_grad():
+        logits, _ = vlm(batch["input_ids"], batch["lengths"], batch["has_image"], batch["pixels"], batch["labels"])
+        p = a.index(IMAGE_TOKEN_INDEX)
+        emb = vlm.lm.model.embed_tokens
+        image = vlm.mm_projector(vlm.vision_tower(pixels))[0]
+        manual = torch.cat([emb(torch.tensor(a[:p])), image, emb(torch.tensor(a[p + 1:]))])
+        ref, _ = vlm.lm(embeds=manual[None])
+        ref_b, _ = vlm.lm(torch.tensor([b]))
+    assert torch.allclose(logits[0, :len(manual)], ref[0], atol=1e-5)
+    assert torch.allclose(logits[1, :len(b)], ref_b[0], atol=1e-5)
+    with pytest.raises(ValueError, match="2 <image> placeholders"):
+        ids = torch.tensor([[5, IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX]])
+        vlm(ids, torch.tensor([3]), torch.tensor([True]), torch.randn(1, 3, 32, 32))
+
+
+def test_generate_matches_full_forward():
+    vlm = tiny_vlm().eval()
+    prompts = [[1, 40, IMAGE_TOKEN_INDEX, 50, 60], [1, 70, 71]]
+    pixels = torch.randn(1, 3, 32, 32)
+    new = vlm.generate(prompts, pixels, max_new_tokens=5)
+    for b, p in enumerate(prompts):   # each prompt alone, greedy, no cache: the same tokens
+        seq = list(p)
+        for _ in range(5):
+            ids = torch.tensor([seq])
+            logits, _ = vlm(ids, torch.tensor([len(seq)]), torch.tensor([IMAGE_TOKEN_INDEX in seq]),
+                            pixels if IMAGE_TOKEN_INDEX in seq else None)
+            seq.append(int(logits[0, -1].argmax()))
+        assert new[b].tolist() == seq[len(p):]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A small shapes world, a SentencePiece tokenizer, a random tiny LM and CLIP on disk."""
+    root = tmp_path_factory.mktemp("vlm")
+    data.generate_shapes_world(str(root / "shapes"), n_train=120, n_test=20, n_comp=10, corpus_mb=0.1, workers=1)
+    from tokenizer import train_sentencepiece
+    tok = train_sentencepiece([str(root / "shapes" / "corpus")], str(root / "lm" / "tok.model"), vocab_size=600,
+                              hard_vocab_limit=False)
+    from tokenizer import load_tokenizer
+    torch.manual_seed(0)
+    lm = XmodelLM(LMConfig.preset("tiny", vocab_size=load_tokenizer(tok).vocab_size, n_layer=2, n_embd=64,
+                                  n_head=4, n_kv_head=2, intermediate_size=128))
+    lm.save_hf(str(root / "lm"))
+    CLIPVisionTower(VisionConfig.preset("tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2)).save_hf(str(root / "clip"))
+    return root
+
+
+def vlm_config(root, out, **kw):
+    base = dict(lm=str(root / "lm"), vision=str(root / "clip"), data=str(root / "shapes"), out_dir=str(root / out),
+                batch1=8, batch2=8, micro_batch=4, steps1=3, steps2=3, lr2=1e-3, log_interval=1, evaluate=False)
+    return VLMConfig(**{**base, **kw})
+
+
+def test_stage1_trains_only_the_projector_stage2_not_the_tower(world):
+    train_vlm.main(vlm_config(world, "stages"))
+    stage0 = {k: v for k, v in XmodelLM.from_hf(str(world / "lm")).state_dict().items()}
+    tower0 = load_file(str(world / "clip" / "model.safetensors"))
+    s1 = XmodelVLM.load(str(world / "stages" / "stage1"))
+    s2 = XmodelVLM.load(str(world / "stages" / "model"))
+    assert all(torch.equal(v, s1.lm.state_dict()[k]) for k, v in stage0.items())           # LM frozen in stage 1
+    assert any(not torch.equal(v, s2.lm.state_dict()[k]) for k, v in stage0.items())       # ...trained in stage 2
+    assert any(not torch.equal(v, s2.mm_projector.state_dict()[k]) for k, v in s1.mm_projector.state_dict().items())
+    for model in (s1, s2):                                                                  # tower never trained
+        assert all(torch.equal(v, model.vision_tower.state_dict()[k]) for k, v in tower0.items())
+
+
+def test_exact_resume(world):
+    straight = train_vlm.main(vlm_config(world, "straight", steps1=2, steps2=4, ckpt_interval=2))
+    train_vlm.main(vlm_config(world, "halves", steps1=2, steps2=4, ckpt_interval=2), stop_at=(2, 2))
+    resumed = train_vlm.main(vlm_config(world, "halves", steps1=2, steps2=4, ckpt_interval=2, stage="2",
+                                        resume=True))
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_missing_prerequisite_names_the_command(world, tmp_path):
+    with pytest.raises(SystemExit, match="python vision.py"):
+        train_vlm.main(vlm_config(world, "x", vision=str(tmp_path / "no_clip")))
+
+
+def test_official_layout_loads_like_the_parts(tmp_path):
+    """A checkpoint written in the released Xmodel_VLM layout (xdpnetv10_4, LLaVA keys)."""
+    vlm = tiny_vlm("xdp-concat", tokens=4, seed=3).eval()
+    vlm.vision_tower.save_hf(str(tmp_path / "clip"))
+    official = tmp_path / "Xmodel_VLM"
+    official.mkdir()
+    state = dict(vlm.lm.state_dict())
+    state.update({f"model.mm_projector.{k}": v for k, v in vlm.mm_projector.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(official / "model.safetensors"))
+    c = vlm.lm.config
+    json.dump({"architectures": ["XmodelLMForCausalLM"], "model_type": "xmodelvlm", "hidden_size": c.n_embd,
+               "intermediate_size": c.intermediate_size, "num_attention_heads": c.n_head,
+               "num_key_value_heads": c.n_kv_head, "num_hidden_layers": c.n_layer, "vocab_size": c.vocab_size,
+               "rms_norm_eps": 1e-5, "max_position_embeddings": 256, "hidden_act": "silu",
+               "mm_projector_type": "xdpnetv10_4", "mm_hidden_size": 32, "mm_vision_select_layer": -2,
+               "mm_vision_tower": "openai/clip-vit-large-patch14-336", "tie_word_embeddings": False},
+              open(official / "config.json", "w"))
+    loaded = XmodelVLM.from_official(str(official), str(tmp_path / "clip")).eval()
+    assert loaded.mm_projector.tokens == 4 and loaded.mm_projector.kind == "xdp-concat"
+    prompts, pixels = [[1, 40, IMAGE_TOKEN_INDEX, 50, 60]], torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        a, _ = vlm(torch.tensor(prompts), torch.tensor([5]), torch.tensor([True]), pixels)
+        b, _ = loaded(torch.tensor(prompts), torch.tensor([5]), torch.tensor([True]), pixels)
+    assert torch.allclose(a, b, atol=1e-6)

@@ -1,0 +1,281 @@
+"""
+Train Xmodel-VLM the LLaVA way, in two stages.
+
+    python train_vlm.py                       # both stages on the shapes world (CPU), then score it
+    python train_vlm.py --stage=1             # only stage 1 (align the projector)
+    python train_vlm.py --preset=paper --lm=Xmodel_LM --vision=clip-vit-large-patch14-336 \
+        --pretrain_json=blip_laion_cc_sbu_558k.json --instruct_json=llava_v1_5_mix665k.json \
+        --image_folder=playground/data --max_len=2048
+    torchrun --nproc_per_node=8 train_vlm.py --preset=paper ...
+    python train_vlm.py --help
+
+Stage 1, alignment: the vision tower and the LM are frozen, only the projector learns, on
+captions in the `plain` template (<image> caption\\n). Stage 2, fine-tuning: the projector
+and the LM learn (the tower stays frozen) on conversations in the Vicuna v1 template. Both:
+one epoch, linear warmup over 3% of the steps then cosine decay, weight decay 0, gradient
+accumulation to the global batch, bf16 autocast on CUDA, DDP under torchrun.
+
+Inputs: the LM directory from train_lm.py (HF Llama format with its tokenizer file), the
+CLIP tower directory from vision.py (HF CLIP format), LLaVA JSON files and an image folder.
+Output, under out_dir: stage1/ (the model after stage 1), model/ (the final model: config,
+weights, vision/, tokenizer; chat.py and eval_vlm.py load it), ckpt/ (resume with
+--resume=true), metrics.jsonl. Samples that cannot be used (missing or corrupt image, bad
+structure, too long) are skipped and counted; more than 1% of them stops the run.
+"""
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import data
+from model import XmodelLM, XmodelVLM
+from tokenizer import load_tokenizer
+from train_lm import (format_time, load_checkpoint, lr_at, make_optimizer, parse_config,
+                      save_checkpoint, setup_distributed)
+from vision import CLIPVisionTower, ImageProcessor
+from xdp import build_projector
+
+
+@dataclass
+class VLMConfig:
+    stage: str = "both"             # 1 | 2 | both
+    # --- inputs ---
+    lm: str = "out/lm/model"        # the LM: a HF Llama directory with its tokenizer (train_lm.py makes it)
+    vision: str = "out/clip_tiny"   # the CLIP tower: a HF CLIP directory (vision.py makes it)
+    data: str = "data/shapes"       # default folder of the three below (python data.py shapes makes it)
+    pretrain_json: str = ""         # stage 1 LLaVA JSON; "" = {data}/pretrain.json
+    instruct_json: str = ""         # stage 2 LLaVA JSON; "" = {data}/instruct.json
+    image_folder: str = ""          # image paths in the JSON are relative to it; "" = {data}/images
+    projector: str = "xdp"          # xdp | xdp-concat | linear | mlp2x_gelu | ldp | ldpv2
+    tokens: int = 0                 # visual tokens per image; 0 = the projector's default (a quarter)
+    max_len: int = 512              # longest sequence, visual tokens included (the paper: 2048)
+    # --- optimisation: the paper's stage 1 is lr 1e-3, batch 64; stage 2 lr 4e-5, batch 32 ---
+    lr1: float = 1e-3
+    batch1: int = 64                # global batch of stage 1, in samples
+    steps1: int = 0                 # optimizer steps of stage 1; 0 = one epoch
+    lr2: float = 1e-3               # the tiny LM needs a larger step than the paper's 1.1B
+    batch2: int = 32
+    steps2: int = 0
+    micro_batch: int = 16           # samples per forward/backward per process
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # --- system ---
+    device: str = "auto"
+    seed: int = 1337
+    out_dir: str = "out/vlm"
+    resume: bool = False
+    workers: int = 0                # DataLoader processes that read images (0 = in the main process)
+    log_interval: int = 20
+    ckpt_interval: int = 200
+    evaluate: bool = True           # score the held-out shapes benchmarks at the end
+
+
+VLM_PRESETS = {
+    # the paper's recipe at full scale (Xmodel-LM 1.1B + CLIP ViT-L/14-336)
+    "paper": dict(lr1=1e-3, batch1=64, lr2=4e-5, batch2=32, micro_batch=8, max_len=2048,
+                  log_interval=10, ckpt_interval=500, workers=8, evaluate=False),
+}
+
+
+def paths(cfg):
+    """The input files, defaulting to the shapes world, with a hint if one is missing."""
+    p = SimpleNamespace(pretrain=cfg.pretrain_json or os.path.join(cfg.data, "pretrain.json"),
+                        instruct=cfg.instruct_json or os.path.join(cfg.data, "instruct.json"),
+                        images=cfg.image_folder or os.path.join(cfg.data, "images"))
+    makers = {cfg.lm: "python train_lm.py", cfg.vision: "python vision.py",
+              p.pretrain: "python data.py shapes", p.instruct: "python data.py shapes",
+              p.images: "python data.py shapes"}
+    for path, command in makers.items():
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} does not exist. On the shapes world `{command}` makes it; "
+                             f"otherwise point the matching --option at your own files (see --help)")
+    return p
+
+
+def find_tokenizer(lm_dir):
+    found = sorted(glob.glob(os.path.join(lm_dir, "*.model")) + glob.glob(os.path.join(lm_dir, "*.tiktoken")))
+    if not found:
+        raise SystemExit(f"no tokenizer (*.model or *.tiktoken) in {lm_dir}; copy the LM's tokenizer there")
+    return found[0]
+
+
+def build_model(cfg, device):
+    """A new VLM from the pretrained LM and tower and a fresh projector."""
+    tower = CLIPVisionTower.from_hf(cfg.vision)
+    lm = XmodelLM.from_hf(cfg.lm)
+    projector = build_projector(cfg.projector, tower.hidden_size, lm.config.n_embd, tower.grid,
+                                cfg.tokens or None)
+    return XmodelVLM(tower, projector, lm).to(device)
+
+
+def stage_settings(cfg, stage, n_samples, world):
+    """Learning rate, global batch, steps, accumulation and warmup of one stage."""
+    lr, batch, steps = (cfg.lr1, cfg.batch1, cfg.steps1) if stage == 1 else (cfg.lr2, cfg.batch2, cfg.steps2)
+    if batch % (cfg.micro_batch * world):
+        raise SystemExit(f"stage {stage}: the global batch {batch} must be a multiple of micro_batch x "
+                         f"processes = {cfg.micro_batch} x {world}")
+    steps = steps or n_samples // batch  # one epoch
+    if steps == 0:
+        raise SystemExit(f"stage {stage}: {n_samples} samples are fewer than one batch of {batch}")
+    return SimpleNamespace(lr=lr, min_lr=0.0, batch=batch, max_steps=steps, grad_accum=batch // (cfg.micro_batch * world),
+                           warmup_steps=math.ceil(cfg.warmup_ratio * steps), weight_decay=cfg.weight_decay,
+                           beta1=0.9, beta2=0.999, eps=1e-8)
+
+
+def step_batches(order, start, steps, s, cfg, rank, world):
+    """This process's micro-batches (lists of sample indices), step by step from `start`: the
+    same global batch at a step whatever the number of processes, so resume is exact."""
+    for step in range(start, steps):
+        for micro in range(s.grad_accum):
+            first = step * s.batch + (micro * world + rank) * cfg.micro_batch
+            yield order[first:first + cfg.micro_batch].tolist()
+
+
+def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0, optimizer_state=None,
+                stop_at=None):
+    master = rank == 0
+    # stage 1 trains the projector only; stage 2 the projector and the LM; never the tower
+    model.lm.requires_grad_(stage == 2)
+    model.mm_projector.requires_grad_(True)
+    json_path, template = (files.pretrain, "plain") if stage == 1 else (files.instruct, "vicuna_v1")
+    processor = ImageProcessor(model.vision_tower.config.image_size)
+    dataset = data.LLaVADataset(json_path, files.images, tok, template, processor,
+                                model.mm_projector.tokens, cfg.max_len)
+    s = stage_settings(cfg, stage, len(dataset), world)
+    order = np.random.default_rng([cfg.seed, stage]).permutation(len(dataset))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=list(step_batches(order, start_step, s.max_steps, s, cfg, rank, world)),
+        num_workers=cfg.workers, collate_fn=lambda b: data.collate(b, tok.pad_id))
+    optimizer = make_optimizer(model, s, device)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if master:
+        print(f"stage {stage} ({template}): {len(dataset)} samples, {s.max_steps} steps of {s.batch}, "
+              f"lr {s.lr}, {trainable / 1e6:.2f}M trainable parameters, {model.mm_projector.tokens} visual tokens")
+    metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
+    skipped, seen, batches = [], 0, iter(loader)
+    t0, t_last = time.time(), time.time()
+    model.train()
+    for step in range(start_step, s.max_steps):
+        lr = lr_at(step, s)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(s.grad_accum):
+            batch = next(batches)
+            skipped += batch["skipped"]
+            seen += len(batch["ids"]) + len(batch["skipped"])
+            sync = micro == s.grad_accum - 1 or world == 1
+            with autocast, (nullcontext() if sync else ddp.no_sync()):
+                _, loss = ddp(**{k: batch[k].to(device) if torch.is_tensor(batch[k]) else batch[k]
+                                 for k in ("input_ids", "lengths", "has_image", "pixels", "labels")})
+                (loss / s.grad_accum).backward()
+            loss_sum += loss.detach()
+        if world > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        loss_value = loss_sum.item() / s.grad_accum
+        if not math.isfinite(loss_value):
+            raise SystemExit(f"stage {stage}: loss is {loss_value} at step {step}; lower --lr{stage} and --resume")
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        check_skips(skipped, seen, stage, final=False)
+        done = step + 1
+        if master and (done % cfg.log_interval == 0 or done == s.max_steps):
+            now = time.time()
+            dt = (now - t_last) / min(cfg.log_interval, done - start_step)
+            t_last = now
+            eta = (now - t0) / (done - start_step) * (s.max_steps - done)
+            print(f"stage {stage} step {done}/{s.max_steps} | loss {loss_value:.4f} | lr {lr:.2e} | "
+                  f"grad norm {grad_norm:.2f} | {s.batch / dt:.1f} samples/s | ETA {format_time(eta)}", flush=True)
+            metrics.write(json.dumps({"stage": stage, "step": done, "loss": loss_value, "lr": lr,
+                                      "grad_norm": float(grad_norm), "samples_per_s": s.batch / dt}) + "\n")
+            metrics.flush()
+        if master and (done % cfg.ckpt_interval == 0 or done in (s.max_steps, stop_at)):
+            save_checkpoint(os.path.join(cfg.out_dir, "ckpt"), model, optimizer, done,
+                            {"vlm": dataclasses.asdict(cfg)}, extra={"stage": stage})
+        if done == stop_at:
+            return False
+    check_skips(skipped, seen, stage, final=True)
+    if metrics:
+        metrics.close()
+    return True
+
+
+def check_skips(skipped, seen, stage, final):
+    """Report skipped samples at the end of a stage; stop when more than 1% fail."""
+    too_many = seen >= 200 and len(skipped) > 0.01 * seen
+    if (final and skipped) or too_many:
+        print(f"stage {stage}: skipped {len(skipped)} of {seen} samples, e.g.\n  " +
+              "\n  ".join(f"{sid}: {why}" for sid, why in skipped[:5]))
+    if too_many or (final and len(skipped) > 0.01 * max(seen, 1)):
+        raise SystemExit(f"stage {stage}: more than 1% of the samples could not be used; fix the data "
+                         f"(the reasons are above) and run again")
+
+
+def main(cfg, stop_at=None):
+    """Run the stages; `stop_at` = (stage, step) ends the run there after a checkpoint, as an
+    interruption would (the tests use it). Returns the model."""
+    rank, world, device = setup_distributed(cfg.device)
+    master = rank == 0
+    torch.manual_seed(cfg.seed)
+    if cfg.stage not in ("1", "2", "both"):
+        raise SystemExit(f"--stage must be 1, 2 or both, got {cfg.stage!r}")
+    files = paths(cfg)
+    tok_path = find_tokenizer(cfg.lm)
+    tok = load_tokenizer(tok_path)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    stage1_dir, final_dir = os.path.join(cfg.out_dir, "stage1"), os.path.join(cfg.out_dir, "model")
+    stages = {"1": [1], "2": [2], "both": [1, 2]}[cfg.stage]
+
+    model, resume_at = None, {}  # resume_at: stage -> (step, optimizer state)
+    if cfg.resume:
+        ckpt = os.path.join(cfg.out_dir, "ckpt")
+        weights, state = load_checkpoint(ckpt)
+        stages = [st for st in stages if st >= state["stage"]]
+        model = build_model(cfg, device) if state["stage"] == 1 else XmodelVLM.load(stage1_dir, device=device)
+        XmodelLM.load_state_dict_checked(model, weights, source=ckpt)
+        resume_at[state["stage"]] = (state["step"], state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if master:
+            print(f"resumed stage {state['stage']} at step {state['step']}")
+    for stage in stages:
+        if model is None and stage == 2 and not os.path.exists(stage1_dir):
+            raise SystemExit(f"stage 2 starts from stage 1's model in {stage1_dir}; run --stage=1 first")
+        if model is None:
+            model = build_model(cfg, device) if stage == 1 else XmodelVLM.load(stage1_dir, device=device)
+        step, optimizer_state = resume_at.get(stage, (0, None))
+        finished = train_stage(stage, model, cfg, tok, files, rank, world, device, step, optimizer_state,
+                               stop_at[1] if stop_at and stop_at[0] == stage else None)
+        if not finished:
+            return model
+        if master:
+            out = stage1_dir if stage == 1 else final_dir
+            model.save(out)
+            shutil.copy(tok_path, os.path.join(out, os.path.basename(tok_path)))
+            print(f"stage {stage} done; model saved to {out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if master and 2 in stages and cfg.evaluate and os.path.exists(os.path.join(cfg.data, "eval")):
+        import eval_vlm
+        eval_vlm.shapes_report(final_dir, cfg.data, os.path.join(cfg.out_dir, "eval"))
+    return model
+
+
+if __name__ == "__main__":
+    main(parse_config(VLMConfig, presets=VLM_PRESETS))
