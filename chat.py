@@ -1,0 +1,106 @@
+"""
+Talk to a trained model: a VLM from train_vlm.py (with an image) or an LM from train_lm.py.
+
+    python chat.py --ckpt out/vlm/model --image data/shapes/eval/images/test_000000.png "What colour is the star?"
+    python chat.py --ckpt out/vlm/model --image photo.png        # a multi-turn conversation (REPL)
+    python chat.py --ckpt out/lm/model "How many circles are there?"
+
+The prompt is built by the same function that built the training labels (data.build_sample,
+Vicuna v1 template), the image is preprocessed as in training (padded to a square), and the
+answer is decoded with the KV cache and streamed token by token. Greedy by default; use
+--temperature (and --top_k / --top_p) to sample. In the REPL, an empty line or Ctrl-D quits and
+/reset starts a new conversation.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+from data import build_sample
+from model import XmodelLM, XmodelVLM, read_json
+from tokenizer import load_tokenizer
+from train_vlm import find_tokenizer
+
+
+def load(ckpt, device):
+    """A VLM directory (its config has mm_projector_type) or an LM one, and its tokenizer."""
+    config = read_json(os.path.join(ckpt, "config.json"))
+    is_vlm = "mm_projector_type" in config
+    model = XmodelVLM.load(ckpt, device=device) if is_vlm else XmodelLM.from_hf(ckpt, device=device)
+    return model.eval(), load_tokenizer(find_tokenizer(ckpt)), is_vlm
+
+
+def stream_answer(model, tok, is_vlm, turns, pixels, args):
+    """Generate the assistant's next answer, printing it as it comes; returns the text."""
+    prompt, _ = build_sample(turns, tok, "vicuna_v1")
+    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    if is_vlm:
+        steps = model.generate_stream([prompt], pixels, **sampling)
+    else:
+        steps = model.generate_stream([prompt], **sampling)
+    ids, shown = [], ""
+    for token in steps:
+        if int(token[0]) == tok.eos_id:
+            break
+        ids.append(int(token[0]))
+        text = tok.decode(ids)  # decode everything so far: a character may span several tokens
+        print(text[len(shown):], end="", flush=True)
+        shown = text
+    print()
+    return shown.strip()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("question", nargs="?", help="ask once and exit; without it, a conversation opens")
+    parser.add_argument("--ckpt", default="out/vlm/model", help="model directory (default out/vlm/model)")
+    parser.add_argument("--image", help="an image file (VLM only)")
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top_k", type=int, default=None)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if not os.path.isdir(args.ckpt):
+        sys.exit(f"--ckpt {args.ckpt} is not a directory: train one with `python train_vlm.py` "
+                 f"(or `python train_lm.py` for a text-only model, then --ckpt out/lm/model)")
+    model, tok, is_vlm = load(args.ckpt, args.device)
+    pixels = None
+    if args.image:
+        if not is_vlm:
+            sys.exit(f"{args.ckpt} is a language model without a vision tower; drop --image")
+        from vision import ImageProcessor
+        pixels = ImageProcessor(model.vision_tower.config.image_size)(args.image)[None].to(args.device)
+
+    turns = []
+    while True:
+        question = args.question if args.question else read_line()
+        if question is None:
+            return
+        if question == "/reset":
+            turns = []
+            continue
+        if not turns and pixels is not None:
+            question = "<image>\n" + question  # the image goes with the first question
+        turns.append({"from": "human", "value": question})
+        if not args.question:
+            print("ASSISTANT: ", end="", flush=True)
+        answer = stream_answer(model, tok, is_vlm, turns, pixels, args)
+        turns.append({"from": "gpt", "value": answer or "."})
+        if args.question:
+            return
+
+
+def read_line():
+    try:
+        line = input("USER: ").strip()
+    except EOFError:
+        return None
+    return line or None
+
+
+if __name__ == "__main__":
+    main()
