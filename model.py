@@ -352,30 +352,8 @@ class XmodelLM(nn.Module):
             state["lm_head.weight"] = state["model.embed_tokens.weight"]  # tied checkpoint
         with torch.device("meta"):
             model = cls(config)
-        model.load_state_dict_checked(state, source=path)
+        load_checked(model, state, source=path)
         return model.to(device=device, dtype=dtype)
-
-    def load_state_dict_checked(self, state, source):
-        """load_state_dict that names every missing, unexpected or mis-shaped key."""
-        state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            lines = [f"checkpoint {source} does not match this model's config:"]
-            if missing:
-                lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:8])}")
-            if unexpected:
-                lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
-            if shapes:
-                lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes[:8]))
-            lines.append("  (is the config.json the one saved with these weights?)")
-            raise ValueError("\n".join(lines))
-        # a model built on the meta device has no storage yet: take the checkpoint's tensors
-        # as they are; otherwise copy into the existing parameters (an optimizer holds them)
-        self.load_state_dict(state, assign=any(p.is_meta for p in self.parameters()))
 
     def save_hf(self, path):
         """Write config.json and model.safetensors that transformers' LlamaForCausalLM loads."""
@@ -426,6 +404,31 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None):
 
 # -----------------------------------------------------------------------------
 # Hugging Face config and weight files
+
+def load_checked(module, state, source):
+    """module.load_state_dict(state) that names every missing, unexpected or mis-shaped key
+    (for any module: the LM, a CLIP tower, a projector, a whole VLM)."""
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {source} does not match this model's config:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:8])}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        if shapes:
+            lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes[:8]))
+        lines.append("  (is the config.json the one saved with these weights?)")
+        raise ValueError("\n".join(lines))
+    # a model built on the meta device has no storage yet: take the checkpoint's tensors
+    # as they are; otherwise copy into the existing parameters (an optimizer holds them)
+    module.load_state_dict(state, assign=any(p.is_meta for p in module.parameters()))
+
+
 
 def config_from_hf(hf):
     """Map a HF LlamaConfig (or XModelConfig) dict onto LMConfig, refusing what we don't model."""
@@ -637,8 +640,8 @@ class XmodelVLM(nn.Module):
                     if not k.startswith(prefix) and not k.startswith("model.vision_tower.")}
         with torch.device("meta"):
             lm = XmodelLM(lm_config)
-        lm.load_state_dict_checked(lm_state, source=path)
-        XmodelLM.load_state_dict_checked(projector, proj_state, source=f"{path} ({prefix}*)")
+        load_checked(lm, lm_state, source=path)
+        load_checked(projector, proj_state, source=f"{path} ({prefix}*)")
         return cls(tower, projector, lm).to(device=device, dtype=dtype)
 
     from_official = load  # the authors' released directory: XmodelVLM.from_official(path, clip_dir)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from model import LMConfig, XmodelLM, config_from_hf, read_json
+from model import LMConfig, XmodelLM, config_from_hf, load_checked, read_json
 
 
 @dataclass
@@ -290,7 +290,7 @@ def train(cfg, stop_at=None):
                              f"or a new --out_dir")
     model = XmodelLM.from_hf(cfg.init_from) if cfg.init_from else XmodelLM(model_config)
     if state:
-        model.load_state_dict_checked(weights, source=ckpt_dir)
+        load_checked(model, weights, source=ckpt_dir)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     step = 0

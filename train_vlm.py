@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 import data
-from model import XmodelLM, XmodelVLM
+from model import XmodelLM, XmodelVLM, load_checked
 from tokenizer import load_tokenizer
 from train_lm import (format_time, load_checkpoint, lr_at, make_optimizer, parse_config,
                       save_checkpoint, setup_distributed)
@@ -249,7 +249,7 @@ def main(cfg, stop_at=None):
         weights, state = load_checkpoint(ckpt)
         stages = [st for st in stages if st >= state["stage"]]
         model = build_model(cfg, device) if state["stage"] == 1 else XmodelVLM.load(stage1_dir, device=device)
-        XmodelLM.load_state_dict_checked(model, weights, source=ckpt)
+        load_checked(model, weights, source=ckpt)
         resume_at[state["stage"]] = (state["step"], state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         if master:

@@ -236,3 +236,23 @@ def test_official_layout_loads_like_the_parts(tmp_path):
         a, _ = vlm(torch.tensor(prompts), torch.tensor([5]), torch.tensor([True]), pixels)
         b, _ = loaded(torch.tensor(prompts), torch.tensor([5]), torch.tensor([True]), pixels)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_eval_run_writes_answers_in_order_and_resumes(world, capsys):
+    import shutil
+    import eval_vlm
+    cfg = vlm_config(world, "eval")
+    model_dir = str(world / "eval" / "model")
+    train_vlm.build_model(cfg, "cpu").save(model_dir)
+    shutil.copy(str(world / "lm" / "tok.model"), model_dir)
+    out = str(world / "eval" / "gqa.jsonl")
+    eval_vlm.run("shapes_gqa", model_dir, str(world / "shapes"), out, batch_size=8, max_new_tokens=4)
+    questions = eval_vlm.read_questions("shapes_gqa", str(world / "shapes"))
+    lines = open(out).read().splitlines()
+    assert [json.loads(l)["question_id"] for l in lines] == [q["question_id"] for q in questions]
+    open(out, "w").write("\n".join(lines[:5]) + "\n")            # an interrupted run: 5 answers
+    eval_vlm.run("shapes_gqa", model_dir, str(world / "shapes"), out, batch_size=8, max_new_tokens=4)
+    assert open(out).read().splitlines() == lines                # greedy: the same answers, in order
+    assert "5 already answered" in capsys.readouterr().out
+    result = eval_vlm.score("shapes_gqa", out, str(world / "shapes"))
+    assert 0 <= result["score"] <= 100 and result["n"] == len(questions)
