@@ -738,8 +738,9 @@ def run(bench, ckpt, data_dir, out, batch_size=32, max_new_tokens=32, image_fold
                                     "text": tok.decode(row).strip(), "model_id": os.path.basename(ckpt.rstrip("/"))}) + "\n")
             f.flush()
             n, dt = i + len(chunk), time.time() - t0
-            print(f"\r{bench}: {n}/{len(todo)} | {n / dt:.1f} questions/s | ETA {dt / n * (len(todo) - n):.0f}s",
-                  end="", flush=True)
+            if sys.stdout.isatty() or n == len(todo):  # a log file gets the last line only
+                print(f"\r{bench}: {n}/{len(todo)} | {n / dt:.1f} questions/s | ETA {dt / n * (len(todo) - n):.0f}s",
+                      end="", flush=True)
     print()
 
 

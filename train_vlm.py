@@ -134,13 +134,16 @@ def stage_settings(cfg, stage, n_samples, world):
                            beta1=0.9, beta2=0.999, eps=1e-8)
 
 
-def step_batches(order, start, steps, s, cfg, rank, world):
+def step_batches(order, lengths, start, steps, s, cfg, rank, world):
     """This process's micro-batches (lists of sample indices), step by step from `start`: the
-    same global batch at a step whatever the number of processes, so resume is exact."""
+    same global batch at a step whatever the number of processes, so resume is exact. Within a
+    global batch, samples are sorted by length so that a micro-batch pads little."""
     for step in range(start, steps):
+        batch = order[step * s.batch:(step + 1) * s.batch]
+        batch = batch[np.argsort(lengths[batch], kind="stable")]
         for micro in range(s.grad_accum):
-            first = step * s.batch + (micro * world + rank) * cfg.micro_batch
-            yield order[first:first + cfg.micro_batch].tolist()
+            first = (micro * world + rank) * cfg.micro_batch
+            yield batch[first:first + cfg.micro_batch].tolist()
 
 
 def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0, optimizer_state=None,
@@ -155,8 +158,9 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
                                 model.mm_projector.tokens, cfg.max_len)
     s = stage_settings(cfg, stage, len(dataset), world)
     order = np.random.default_rng([cfg.seed, stage]).permutation(len(dataset))
+    lengths = np.array([len(json.dumps(sample)) for sample in dataset.samples])  # characters: a proxy for tokens
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=list(step_batches(order, start_step, s.max_steps, s, cfg, rank, world)),
+        dataset, batch_sampler=list(step_batches(order, lengths, start_step, s.max_steps, s, cfg, rank, world)),
         num_workers=cfg.workers, collate_fn=lambda b: data.collate(b, tok.pad_id))
     optimizer = make_optimizer(model, s, device)
     if optimizer_state:

@@ -68,7 +68,7 @@ def test_split_and_sharding_are_deterministic(tmp_path, tok):
     for i in range(4):
         (src / f"{i}.txt").write_text("\n\n".join(f"the red circle {i} {j}" for j in range(200)))
     a = data.tokenize_corpus([str(src)], tok.path, str(tmp_path / "a"), val_fraction=0.1, shard_tokens=1000, workers=1)
-    b = data.tokenize_corpus([str(src)], tok.path, str(tmp_path / "b"), val_fraction=0.1, shard_tokens=1000, workers=2)
+    data.tokenize_corpus([str(src)], tok.path, str(tmp_path / "b"), val_fraction=0.1, shard_tokens=1000, workers=2)
     assert a["val_tokens"] > 0 and a["train_tokens"] > 3000
     names = sorted(os.listdir(tmp_path / "a"))
     assert names == sorted(os.listdir(tmp_path / "b")) and "train_000002.bin" in names

@@ -90,7 +90,7 @@ def test_loss_decreases_and_metrics_are_logged(workdir):
 def test_ddp_two_processes_match_one(workdir):
     """torchrun --nproc_per_node=2 (gloo) gives the same losses as one process, same global batch."""
     root, corpus, tok = workdir
-    args = [f"--preset=tiny", f"--corpus={corpus}", f"--tokenizer={tok}", "--seq_len=32",
+    args = ["--preset=tiny", f"--corpus={corpus}", f"--tokenizer={tok}", "--seq_len=32",
             "--batch_size=8", "--micro_batch=2", "--max_steps=4", "--warmup_steps=1",
             "--log_interval=1", "--eval_interval=100", "--ckpt_interval=100", "--device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -19,19 +19,10 @@ from vision import CLIP_MEAN, CLIP_STD, CLIPVisionTower, ImageProcessor, VisionC
 
 transformers = pytest.importorskip("transformers")
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel  # noqa: E402
+from conftest import randomize  # noqa: E402
 
 SMALL = dict(image_size=56, patch_size=14, hidden_size=64, intermediate_size=128,
              num_hidden_layers=3, num_attention_heads=4, hidden_act="quick_gelu")
-
-
-def randomize(module, seed=0):
-    """Random values everywhere (LayerNorm's ones and zeros would hide a swapped weight)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return module
-
 
 def pixels(size, n=2, seed=1):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))

@@ -5,19 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import randomize
 from xdp import (PROJECTORS, build_projector, depthwise_conv, load_mobilevlm_projector,
                  se_channels)
 
 IN, OUT, G, B = 32, 48, 24, 2  # small dims for everything but the parameter counts
-
-
-def randomize(module, seed=0):
-    """Random values for every parameter (LayerNorm ones and zeros would hide mistakes)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return module
 
 
 def tokens_in(seed=1, n=G * G, c=IN):
@@ -63,7 +55,7 @@ def test_bad_kind_and_bad_input_are_explained():
     with pytest.raises(ValueError, match="choose one of.*xdp-concat"):
         build_projector("xdp2")
     for kind in ("xdp", "xdp-concat", "ldp", "ldpv2"):
-        with pytest.raises(ValueError, match=f"24x24 grid.*\\(B, 576, C\\).*got \\(2, 577, 32\\)"):
+        with pytest.raises(ValueError, match="24x24 grid.*\\(B, 576, C\\).*got \\(2, 577, 32\\)"):
             build_projector(kind, IN, OUT, G)(tokens_in(n=577))  # CLS token left in
 
 
@@ -134,7 +126,7 @@ def grid_nchw(x, h):  # (B, h*h, C) -> (B, C, h, h)
 
 @pytest.mark.parametrize("tokens,stride", [(576, 1), (144, 2), (64, 3), (25, 5)])  # 5: 24 % 5 != 0
 def test_xdp_by_hand(tokens, stride):
-    m = randomize(build_projector("xdp", IN, OUT, G, tokens))
+    m = randomize(build_projector("xdp", IN, OUT, G, tokens), scale=0.3)
     assert m.dw.stride == stride and m.dw.bias is not None
     x = tokens_in()
     sd = {k: v.detach() for k, v in m.state_dict().items()}
@@ -147,7 +139,7 @@ def test_xdp_by_hand(tokens, stride):
 
 @pytest.mark.parametrize("tokens", [576, 144, 64, 8])
 def test_xdp_concat_by_hand(tokens):
-    m = randomize(build_projector("xdp-concat", IN, OUT, G, tokens))
+    m = randomize(build_projector("xdp-concat", IN, OUT, G, tokens), scale=0.3)
     assert list(m.state_dict()) == ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"]
     f = G * G // tokens
     x = tokens_in()
@@ -160,7 +152,7 @@ def test_xdp_concat_by_hand(tokens):
 
 
 def test_mlp2x_gelu_is_llavas():
-    m = randomize(build_projector("mlp2x_gelu", IN, OUT, G))
+    m = randomize(build_projector("mlp2x_gelu", IN, OUT, G), scale=0.3)
     sd = {f"model.mm_projector.{k}": torch.randn_like(v) for k, v in m.state_dict().items()}
     assert sorted(sd) == ["model.mm_projector.0.bias", "model.mm_projector.0.weight",
                           "model.mm_projector.2.bias", "model.mm_projector.2.weight"]
@@ -173,7 +165,7 @@ def test_mlp2x_gelu_is_llavas():
 
 @pytest.mark.parametrize("tokens", [144, 64, 36])  # pools of 2x2, 3x3, 4x4
 def test_ldpv2_by_hand(tokens):
-    m = randomize(build_projector("ldpv2", IN, OUT, G, tokens))
+    m = randomize(build_projector("ldpv2", IN, OUT, G, tokens), scale=0.3)
     sd = {k: v.detach() for k, v in m.state_dict().items()}
     x = tokens_in()
     side = int(tokens ** 0.5)
