@@ -63,10 +63,10 @@ class VLMConfig:
     # --- optimisation: the paper's stage 1 is lr 1e-3, batch 64; stage 2 lr 4e-5, batch 32 ---
     lr1: float = 1e-3
     batch1: int = 64                # global batch of stage 1, in samples
-    steps1: int = 0                 # optimizer steps of stage 1; 0 = one epoch
+    steps1: int = 150               # optimizer steps of stage 1; 0 = one epoch (the paper's; 312 here)
     lr2: float = 1e-3               # the tiny LM needs a larger step than the paper's 1.1B
     batch2: int = 32
-    steps2: int = 0
+    steps2: int = 150               # 0 = one epoch (656 here); 150 keeps speedrun.sh within 15 minutes
     micro_batch: int = 16           # samples per forward/backward per process
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -84,7 +84,7 @@ class VLMConfig:
 
 VLM_PRESETS = {
     # the paper's recipe at full scale (Xmodel-LM 1.1B + CLIP ViT-L/14-336)
-    "paper": dict(lr1=1e-3, batch1=64, lr2=4e-5, batch2=32, micro_batch=8, max_len=2048,
+    "paper": dict(lr1=1e-3, batch1=64, steps1=0, lr2=4e-5, batch2=32, steps2=0, micro_batch=8, max_len=2048,
                   log_interval=10, ckpt_interval=500, workers=8, evaluate=False),
 }
 
