@@ -74,29 +74,8 @@ def bench_lm(cfg):
     print(f"{'measurement':<34} {'ours':>12} {'transformers':>12}  {'ours rate':>17} {'their rate':>17} "
           f"{'ratio':>6}")
 
-    # training step: forward + backward + AdamW, on the same batch
-    x = torch.randint(0, c.vocab_size, (cfg.batch, cfg.seq_len), device=device)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
-
-    def step_ours():
-        _, loss = ours(x[:, :-1], x[:, 1:])
-        loss.backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
-
-    def step_theirs():
-        loss = theirs(x, labels=x).loss   # HF shifts labels itself: same T-1 predictions
-        loss.backward()
-        opt_theirs.step()
-        opt_theirs.zero_grad(set_to_none=True)
-
-    ours.train(), theirs.train()
-    tokens = cfg.batch * (cfg.seq_len - 1)
-    compare(f"train step B={cfg.batch} T={cfg.seq_len}", step_ours, step_theirs, cfg.repeats, sync,
-            tokens, "tok/s")
-
-    # decoding with the KV cache, greedy, exactly new_tokens tokens
+    # decoding with the KV cache, greedy, exactly new_tokens tokens (first, while the weights
+    # are still identical: the training steps below update the two models slightly differently)
     ours.eval(), theirs.eval()
     for b in (1, cfg.decode_batch):
         prompt = torch.randint(3, c.vocab_size, (b, cfg.prompt_len), device=device)
@@ -107,6 +86,28 @@ def bench_lm(cfg):
             assert torch.equal(gen_ours(), gen_theirs()[:, cfg.prompt_len:]), "greedy outputs differ"
             compare(f"decode B={b} prompt={cfg.prompt_len} new={cfg.new_tokens}", gen_ours, gen_theirs,
                     cfg.repeats, sync, b * cfg.new_tokens, "tok/s")
+
+    # training step: forward + backward + AdamW; both read the same seq_len input tokens
+    x = torch.randint(0, c.vocab_size, (cfg.batch, cfg.seq_len + 1), device=device)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
+
+    def step_ours():
+        _, loss = ours(x[:, :-1], x[:, 1:])
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def step_theirs():
+        loss = theirs(x[:, :-1], labels=x[:, :-1]).loss   # HF shifts the labels itself
+        loss.backward()
+        opt_theirs.step()
+        opt_theirs.zero_grad(set_to_none=True)
+
+    ours.train(), theirs.train()
+    tokens = cfg.batch * cfg.seq_len
+    compare(f"train step B={cfg.batch} T={cfg.seq_len}", step_ours, step_theirs, cfg.repeats, sync,
+            tokens, "tok/s")
 
 
 if __name__ == "__main__":

@@ -249,7 +249,8 @@ class XmodelLM(nn.Module):
         targets != -100 (None without targets).
 
         For generation: `cache` is a KVCache, `positions` (B, T) the RoPE positions, and
-        `key_valid` (B, Tk) marks real (non-padding) keys."""
+        `key_valid` (B, Tk) marks real (non-padding) keys; logits are then (B, 1, vocab), the
+        last position's only."""
         x = self.model.embed_tokens(idx) if embeds is None else embeds
         B, T, _ = x.shape
         start = cache.pos if cache is not None else 0
@@ -262,8 +263,9 @@ class XmodelLM(nn.Module):
         causal, mask = self._attention_mask(T, start, key_valid, x.device)
         for block in self.model.layers:
             x = block(x, cos, sin, causal, cache, mask)
-        if cache is not None:
+        if cache is not None:   # generating: only the last position's next-token logits are needed
             cache.pos += T
+            x = x[:, -1:]
         x = self.model.norm(x)
         logits = self.lm_head(x).float()
         loss = None
