@@ -26,6 +26,7 @@ import os
 import random
 import re
 import struct
+import sys
 import time
 import zlib
 from collections import Counter
@@ -902,6 +903,8 @@ def tokenize_corpus(inputs, tokenizer_path, out_dir, val_fraction=0.005, shard_t
                 totals.setdefault("first_bad_jsonl", stats["first_bad_jsonl"])
             dt = max(time.time() - t0, 1e-9)
             done = totals["bytes"] / max(total_bytes, 1)
+            if not sys.stdout.isatty() and done < 1:  # a log file gets the last line only
+                continue
             print(f"\rtokenized {totals['bytes'] / 1e6:.1f}/{total_bytes / 1e6:.1f} MB | "
                   f"{(counts['train'] + counts['val']) / dt / 1e3:.0f}k tok/s | "
                   f"ETA {dt / max(done, 1e-9) - dt:.0f}s", end="", flush=True)

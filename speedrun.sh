@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline on the shapes world, on a CPU, step by step. Each line is a plain command
-# you can copy and run alone; together they take about 15 minutes on 2 cores.
+# you can copy and run alone; together they take about 12 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")"
 
