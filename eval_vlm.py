@@ -747,7 +747,7 @@ def run(bench, ckpt, data_dir, out, batch_size=32, max_new_tokens=32, image_fold
 def run_main(args):
     try:
         run(args.bench, args.ckpt, args.data, args.out, args.batch_size, args.max_new_tokens, args.image_folder)
-    except ScoreError as e:
+    except (ScoreError, FileNotFoundError, ValueError) as e:  # a missing file or image, a bad question file
         sys.exit(f"eval_vlm.py run: error: {e}")
 
 
