@@ -96,10 +96,11 @@ def test_ddp_two_processes_match_one(workdir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # shards first, so the two runs do not race to write them
     train_lm.train(parse_config(TrainConfig, args + [f"--out_dir={root / 'one'}"]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "train_lm.py"), *args, f"--out_dir={root / 'two'}",
            f"--corpus={root / 'one' / 'tokens'}"]
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=300)
+    run = subprocess.run(cmd, env=env, cwd=ROOT, timeout=300, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
     one = [json.loads(l)["loss"] for l in open(root / "one" / "metrics.jsonl") if '"loss"' in l]
     two = [json.loads(l)["loss"] for l in open(root / "two" / "metrics.jsonl") if '"loss"' in l]
     assert len(one) == len(two) == 4
