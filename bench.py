@@ -2,6 +2,7 @@
 Speed and memory measurements, side by side in one run (ratios, never absolute asserts).
 
     python bench.py lm                    # our XmodelLM vs transformers' LlamaForCausalLM
+    python bench.py kernels               # Triton kernels vs PyTorch's best (CUDA GPU only)
     python bench.py lm --preset=small --batch=4 --seq_len=512
     python bench.py --help
 
@@ -9,6 +10,9 @@ Speed and memory measurements, side by side in one run (ratios, never absolute a
 (forward, backward, AdamW) and KV-cached greedy decoding at batch 1 and batched. Reports the
 median of `repeats` timings, ours and theirs interleaved so that machine noise hits both alike,
 and the ratio ours/theirs (below 1.0 = we are faster). Results belong in BENCHMARKS.md.
+
+`kernels`: see kernels/bench.py (the device's copy bandwidth and matmul ceilings first, then
+flash attention TFLOP/s vs SDPA's flash and cuDNN backends and depthwise-conv GB/s vs F.conv2d).
 """
 
 import statistics
@@ -111,7 +115,8 @@ def bench_lm(cfg):
 
 
 if __name__ == "__main__":
-    modes = {"lm": bench_lm}
+    from kernels.bench import bench_kernels
+    modes = {"lm": bench_lm, "kernels": bench_kernels}
     if len(sys.argv) < 2 or sys.argv[1] not in modes:
         if len(sys.argv) < 2 or sys.argv[1] not in ("-h", "--help"):
             print(f"usage: python bench.py {{{'|'.join(modes)}}} [--key=value ...]")

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels  # Triton flash attention, used on CUDA (XMODEL_KERNELS=torch|triton forces a path)
+
 IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's and LLaVA's convention)
 
 
@@ -116,7 +118,10 @@ def attention(q, k, v, causal, mask=None):
     H is a multiple of Hkv (GQA): query head h reads key/value head h // (H / Hkv), without
     copying K and V. `mask` (bool, broadcastable to (B, H, Tq, Tk), True = may attend) is used
     for padded batches and cached decoding; otherwise `causal` picks the triangle.
-    PyTorch's fused SDPA today; the Triton flash-attention kernel plugs in here."""
+    On a CUDA device kernels/attention.py's Triton kernel computes it (the whole-sequence case:
+    no mask, as many keys as queries); everywhere else PyTorch's fused SDPA, the definition."""
+    if mask is None and q.shape[2] == k.shape[2] and q.shape[3] in (32, 64, 128) and kernels.use_triton(q):
+        return kernels.flash_attention(q, k, v, causal)
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                           is_causal=causal and mask is None, enable_gqa=gqa)

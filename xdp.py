@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels
+
 
 # -----------------------------------------------------------------------------
 # Depthwise convolution on a token grid: the one hot spot, and the kernel's reference
@@ -39,7 +41,8 @@ def depthwise_conv(x, weight, bias, grid_hw, stride, padding=1, residual=None):
     weight is (C, 1, 3, 3) and bias (C,) or None, exactly as nn.Conv2d(C, C, 3, groups=C) stores
     them; `residual` (B, H'*W', C), if given, is added to the output (ldpv2's x + conv(x)).
     """
-    # kernel dispatch goes here: on a CUDA tensor, kernels/dwconv.py computes this same function
+    if kernels.use_triton(x):  # on CUDA kernels/dwconv.py computes this in place, without the transposes
+        return kernels.depthwise_conv(x, weight, bias, grid_hw, stride, padding, residual)
     B, N, C = x.shape
     H, W = grid_hw
     if N != H * W or weight.shape[0] != C:
