@@ -374,12 +374,12 @@ def corpus_document(scene, rng, used):
     """One paragraph of LM pretraining text about a scene: a description, relations, a count
     and question-answer prose; a third of them as a chat in the Vicuna template the VLM is
     fine-tuned with, so the LM (and its tokenizer) know the template's words before stage 2."""
-    if rng.random() < 0.3:
+    if rng.random() < 0.5:
         return chat_document(scene, rng, used)
     triples = relation_triples(scene["objects"])
     parts = [describe(scene, rng)] + [relation_sentence(*t, rng) for t in rng.sample(triples, min(len(triples), 2))]
     parts.append(count_sentence(scene))
-    for qtype in rng.sample(available_types(scene), 2):
+    for qtype in rng.choices(available_types(scene), k=4):
         q, a = ask(scene, qtype, rng, used)
         parts.append(rng.choice(QA_FORMATS).format(q=q, a=a))
     if rng.random() < 0.3:
@@ -388,9 +388,9 @@ def corpus_document(scene, rng, used):
 
 
 def chat_document(scene, rng, used):
-    """The scene in words, then two questions about it, in the Vicuna v1 chat template."""
+    """The scene in words, then 3-5 questions about it, in the Vicuna v1 chat template."""
     turns = []
-    for i, qtype in enumerate(rng.sample(available_types(scene), 2)):
+    for i, qtype in enumerate(rng.choices(available_types(scene), k=rng.randint(3, 5))):
         q, a = ask(scene, qtype, rng, used)
         context = describe(scene, rng) + " " if i == 0 else ""
         turns.append(f"USER: {context}{q} {SHORT.strip()} ASSISTANT: {a}")  # one line per document
@@ -405,11 +405,12 @@ def caption_conversation(scene, rng):
 
 
 def instruct_conversation(scene, rng, used):
-    """A stage-2 conversation of 1-4 turns about one image, in the mix of prompt styles of
+    """A stage-2 conversation of 2-5 turns about one image, in the mix of prompt styles of
     LLaVA-1.5's data: short answers (the GQA/POPE suffix), yes/no (MME's suffix), lettered
     multiple choice (ScienceQA's suffix), and a short description. used: see choose()."""
     turns, mme = [], {"exist": "existence", "count": "count", "relation": "position", "colour": "color"}
-    for qtype in rng.sample(available_types(scene) + ["describe"], rng.randint(1, 4)):
+    kinds = available_types(scene) + ["describe"]
+    for qtype in rng.sample(kinds, min(len(kinds), rng.randint(2, 5))):
         style = rng.random()
         if qtype == "describe":
             q = rng.choice(["Describe the image briefly.", "What do you see in this picture?",
@@ -553,7 +554,7 @@ never appear in any training image or text.
   corpus/val.txt              question-answer prose; one document per paragraph, blank line between
   pretrain.json             stage 1, LLaVA pretrain JSON: one caption per training image
                               [{"id", "image", "conversations": [human "<image>\\n...", gpt caption]}]
-  instruct.json             stage 2, LLaVA instruct JSON: 1-4 turns per image (colour, shape, size,
+  instruct.json             stage 2, LLaVA instruct JSON: 2-5 turns per image (colour, shape, size,
                               count, existence, position, relations, description), prompted like
                               LLaVA-1.5's data; plus text-only conversations (no "image" key)
   eval/images/              test_*.png and comp_*.png, the image folder of POPE and GQA

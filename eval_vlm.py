@@ -3,7 +3,9 @@ Evaluate a VLM on the benchmarks of the Xmodel-VLM paper, each scored by its off
 
     python eval_vlm.py run BENCH --ckpt DIR --data DIR --out FILE  answer a benchmark with a model
     python eval_vlm.py score BENCH --answers FILE --data DIR      score an answer file
-    python eval_vlm.py ablate ...                                 the paper's ablations            (to be added)
+    python eval_vlm.py ablate [--projector xdp,ldpv2] [--tokens 576,144,36,4,1]
+                                                                  the paper's ablations (Tables 7, 8)
+                                                                  on the shapes world
 
 An answer file is LLaVA's: one JSON object per line, {"question_id", "prompt", "text", "model_id"},
 where "prompt" is the question as asked and "text" the model's reply. DIR is the benchmark's
@@ -39,6 +41,7 @@ import csv
 import functools
 import importlib
 import json
+import math
 import os
 import re
 import statistics
@@ -792,6 +795,126 @@ def print_shapes_table(results):
 # -----------------------------------------------------------------------------
 # command line
 
+# The paper's ablations on the shapes world: projectors (Table 7) and visual tokens (Table 8).
+# Each setting trains both stages from the same LM and tower, then answers the held-out sets.
+
+PAPER_GRID = 24  # CLIP ViT-L/14-336's 24x24 patches: the grid the paper's token counts refer to
+ABLATION_BENCHES = ("shapes_gqa", "shapes_pope", "shapes_mme")
+
+
+def grid_tokens(n, grid):
+    """The paper's count n (on 24x24) on a grid x grid tower, keeping the downsampling stride:
+    576, 144, 36, 4, 1 are strides 1, 2, 4, 12, 24, i.e. 64, 16, 4, 1, 1 on the tiny CLIP's 8x8."""
+    side = math.isqrt(n)
+    if side * side != n or PAPER_GRID % side:
+        raise ValueError(f"--tokens {n}: the paper's counts are squares whose side divides 24 "
+                         f"(576, 144, 64, 36, 16, 9, 4, 1), as strides on its 24x24 grid")
+    return math.ceil(grid / (PAPER_GRID // side)) ** 2
+
+
+def ablation_settings(projectors, tokens, grid, vision_width, lm_width):
+    """(projector, visual tokens) pairs: every projector at its default count, then the first
+    projector at each of `tokens`; duplicates (e.g. 4 and 1 both giving 1 on 8x8) run once."""
+    from xdp import build_projector
+    settings = [(p, build_projector(p, vision_width, lm_width, grid).tokens) for p in projectors]
+    settings += [(projectors[0], grid_tokens(n, grid)) for n in tokens]
+    return list(dict.fromkeys(settings))
+
+
+def ablate(projectors, tokens, world, out_dir, **vlm_options):
+    """Train and score every setting (resumable: a finished setting's result.json is reused);
+    write ablation.md and ablation.png to out_dir and return the rows."""
+    import dataclasses
+    import train_vlm
+    from model import config_from_hf, read_json
+    from vision import CLIPVisionTower
+    base = train_vlm.VLMConfig(data=world, evaluate=False, **vlm_options)
+    tower = CLIPVisionTower.from_hf(base.vision)
+    lm_width = config_from_hf(read_json(os.path.join(base.lm, "config.json"))).n_embd
+    settings = ablation_settings(projectors, tokens, tower.grid, tower.hidden_size, lm_width)
+    print(f"ablation: {len(settings)} settings on {world} ({tower.grid}x{tower.grid} patches): " +
+          ", ".join(f"{p} x {n}" for p, n in settings))
+    rows = []
+    for i, (projector, n) in enumerate(settings):
+        run_dir = os.path.join(out_dir, f"{projector}_{n}")
+        result_path = os.path.join(run_dir, "result.json")
+        if os.path.exists(result_path):
+            rows.append(load_json(result_path))
+            print(f"[{i + 1}/{len(settings)}] {projector} x {n}: done before, reusing {result_path}")
+            continue
+        print(f"[{i + 1}/{len(settings)}] {projector} x {n} visual tokens: training both stages", flush=True)
+        cfg = dataclasses.replace(base, projector=projector, tokens=n, out_dir=run_dir, resume=False)
+        t0 = time.time()
+        train_vlm.main(cfg)
+        row = {"projector": projector, "tokens": n, "train_s": round(time.time() - t0, 1)}
+        for bench in ABLATION_BENCHES:
+            answers = os.path.join(run_dir, "eval", f"{bench}.jsonl")
+            os.makedirs(os.path.dirname(answers), exist_ok=True)
+            if os.path.exists(answers):
+                os.remove(answers)  # answers of an earlier, interrupted model
+            run(bench, os.path.join(run_dir, "model"), world, answers)
+            row[bench] = score(bench, answers, world)["score"]
+        row = rounded(row)
+        with open(result_path, "w") as f:
+            json.dump(row, f, indent=2)
+        rows.append(row)
+    write_ablation(rows, out_dir, settings[len(projectors):] and projectors[0])
+    return rows
+
+
+def ablation_table(rows):
+    """Markdown, one row per setting, the paper's columns as the shapes world has them."""
+    lines = ["| projector | visual tokens | GQA-style acc (%) | POPE-style F1 (%) | MME-style perception (/800) | train (s) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['projector']} | {r['tokens']} | {r['shapes_gqa']:.1f} | {100 * r['shapes_pope']:.1f} "
+                     f"| {r['shapes_mme']:.1f} | {r['train_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_ablation(rows, out_dir, swept):
+    table = ablation_table(rows)
+    print("\n" + table)
+    with open(os.path.join(out_dir, "ablation.md"), "w") as f:
+        f.write(table)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): no ablation.png")
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    projectors = list(dict.fromkeys(r["projector"] for r in rows))
+    firsts = [next(r for r in rows if r["projector"] == p) for p in projectors]
+    left.bar(projectors, [r["shapes_gqa"] for r in firsts])
+    left.set(title="projectors (Table 7)", ylabel="GQA-style accuracy (%)", ylim=(0, 100))
+    sweep = sorted((r for r in rows if r["projector"] == swept), key=lambda r: r["tokens"])
+    for key, label, k in (("shapes_gqa", "GQA-style acc", 1), ("shapes_pope", "POPE-style F1 x100", 100)):
+        right.plot([r["tokens"] for r in sweep], [k * r[key] for r in sweep], "o-", label=label)
+    right.set(title=f"visual tokens, {swept} (Table 8)", xlabel="visual tokens", xscale="log", ylim=(0, 100))
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "ablation.png"), dpi=100)
+    print(f"wrote {out_dir}/ablation.md and ablation.png")
+
+
+def ablate_main(args):
+    try:
+        projectors = [p for p in args.projector.split(",") if p]
+        tokens = [int(t) for t in args.tokens.split(",") if t]
+    except ValueError:
+        sys.exit(f"eval_vlm.py ablate: --tokens takes comma-separated integers, got {args.tokens!r}")
+    if not projectors:
+        sys.exit("eval_vlm.py ablate: --projector needs at least one projector kind")
+    os.makedirs(args.out, exist_ok=True)
+    try:
+        ablate(projectors, tokens, args.data, args.out, lm=args.lm, vision=args.vision,
+               steps1=args.steps1, steps2=args.steps2)
+    except ValueError as e:
+        sys.exit(f"eval_vlm.py ablate: error: {e}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -814,6 +937,24 @@ def main(argv=None):
     p.add_argument("--grader_model", default="gpt-4-0613", help="mmvet: the model name sent to a --grader URL")
     p.add_argument("--grader_prompt", help="mmvet: a file with MM-Vet's few-shot grading prompt (needed with --grader)")
     p.set_defaults(func=score_main)
+    p = sub.add_parser("ablate", help="train and score projector and visual-token settings on the shapes world",
+                       description="The paper's ablations on the shapes world: each setting trains VLM stages 1 "
+                                   "and 2 (train_vlm.py) from the same LM and CLIP, then answers the held-out "
+                                   "GQA-, POPE- and MME-style sets. Token counts are the paper's, on CLIP-L's "
+                                   "24x24 grid; on a smaller grid the same stride is used (see grid_tokens). "
+                                   "Resumable: a setting with a result.json is not run again. The default "
+                                   "(6 settings of 100 + 100 steps) takes about 25 minutes on 2 CPU cores.")
+    p.add_argument("--projector", default="xdp,ldpv2,mlp2x_gelu",
+                   help="comma-separated projector kinds, each at its default token count (Table 7)")
+    p.add_argument("--tokens", default="576,144,36,4,1",
+                   help="visual token counts for the first projector, as in the paper (Table 8)")
+    p.add_argument("--data", default="data/shapes", help="the shapes world (python data.py shapes)")
+    p.add_argument("--lm", default="out/lm/model", help="the LM every setting starts from")
+    p.add_argument("--vision", default="out/clip_tiny", help="the CLIP tower")
+    p.add_argument("--steps1", type=int, default=100, help="stage-1 steps per setting")
+    p.add_argument("--steps2", type=int, default=100, help="stage-2 steps per setting")
+    p.add_argument("--out", default="out/ablation", help="one folder per setting, ablation.md and .png")
+    p.set_defaults(func=ablate_main)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -15,8 +15,9 @@ Parameter names are Hugging Face Llama's (`model.layers.3.self_attn.q_proj.weigh
 our state_dict *is* a HF checkpoint: `XmodelLM.from_hf(dir)` loads a LlamaForCausalLM
 directory (or the released XModelForCausalLM one) and `model.save_hf(dir)` writes one.
 
-Conventions: `logits, loss = model(idx, targets)` where `targets[b, t]` is the token that
-should follow `idx[b, t]` (already shifted, as in nanoGPT); -100 marks positions without loss.
+Conventions: `logits, _ = model(idx)` and `_, loss = model(idx, targets)`, where `targets[b, t]`
+is the token that should follow `idx[b, t]` (already shifted, as in nanoGPT); -100 marks
+positions without loss. The loss is computed in chunks, so training never holds all the logits.
 """
 
 import json
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import kernels  # Triton flash attention, used on CUDA (XMODEL_KERNELS=torch|triton forces a path)
 
@@ -125,6 +127,27 @@ def attention(q, k, v, causal, mask=None):
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                           is_causal=causal and mask is None, enable_gqa=gqa)
+
+
+LOSS_CHUNK = 4096  # rows of logits alive at once in the loss: 4096 x 32000 x 4 bytes = 0.5 GB
+
+
+def chunked_cross_entropy(x, weight, targets, chunk=LOSS_CHUNK):
+    """Mean cross-entropy of the logits x @ weight.T over targets != IGNORE_INDEX; x (B, T, C),
+    weight (vocab, C), targets (B, T). Why chunks: the fp32 logits of a 1.1B micro-batch of
+    8 x 4096 tokens over 32000 words are 4 GB, plus as much again for their gradient. Here
+    `chunk` rows at a time become logits, are reduced to a loss sum and dropped; the backward
+    pass recomputes each chunk's logits (activation checkpointing) instead of storing them."""
+    x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)   # (N, C), (N,)
+    total = 0.0
+    for i in range(0, len(x), chunk):
+        total = total + checkpoint(_loss_sum, x[i:i + chunk], weight, targets[i:i + chunk],
+                                   use_reentrant=False)
+    return total / (targets != IGNORE_INDEX).sum()  # 0/0 = nan with no label, as F.cross_entropy
+
+
+def _loss_sum(x, weight, targets):
+    return F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 class KVCache:
@@ -250,8 +273,8 @@ class XmodelLM(nn.Module):
     def forward(self, idx=None, targets=None, *, embeds=None, positions=None, cache=None,
                 key_valid=None):
         """idx (B, T) token ids, or `embeds` (B, T, C) already embedded (the VLM splices
-        image features in). Returns logits (B, T, vocab) in fp32 and the mean loss over
-        targets != -100 (None without targets).
+        image features in). Returns (logits (B, T, vocab) in fp32, None), or with targets
+        (None, the mean loss over targets != -100): training never needs the logits.
 
         For generation: `cache` is a KVCache, `positions` (B, T) the RoPE positions, and
         `key_valid` (B, Tk) marks real (non-padding) keys; logits are then (B, 1, vocab), the
@@ -272,12 +295,9 @@ class XmodelLM(nn.Module):
             cache.pos += T
             x = x[:, -1:]
         x = self.model.norm(x)
-        logits = self.lm_head(x).float()
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
-        return logits, loss
+        if targets is not None:  # training: the loss, without ever holding all the logits
+            return None, chunked_cross_entropy(x, self.lm_head.weight, targets)
+        return self.lm_head(x).float(), None
 
     @staticmethod
     def _attention_mask(T, start, key_valid, device):

@@ -48,6 +48,9 @@ class TrainConfig:
     corpus: str = "data/shapes/corpus"  # text files/folders (.txt, .jsonl), or a folder of token shards
     tokenizer: str = ""             # a .model/.tiktoken file; "" = train one on the corpus into out_dir
     vocab_size: int = 1024          # vocabulary of a tokenizer trained here
+    sp_model: str = "bpe"           # its SentencePiece algorithm: unigram (Xmodel-LM's) | bpe. On the shapes
+                                    # world's ~190 distinct words unigram stops at 433 pieces and spells
+                                    # "USER:" letter by letter; bpe reaches 1000 pieces, 1.6x fewer tokens
     seq_len: int = 128              # tokens per training sequence
     # --- optimisation (the paper: 6e-4 -> 6e-5 cosine, 2000 warmup, wd 0.1, clip 1.0) ---
     batch_size: int = 16            # global batch, in sequences (all processes, all micro-steps)
@@ -78,7 +81,7 @@ class TrainConfig:
 # Training presets: the default above is the CPU shapes-world run; this is the paper's recipe.
 TRAIN_PRESETS = {
     "xmodel-1.1b": dict(
-        corpus="", tokenizer="", vocab_size=32000, seq_len=4096,
+        corpus="", tokenizer="", vocab_size=32000, sp_model="unigram", seq_len=4096,
         batch_size=864, micro_batch=4,        # 864 x 4096 = 3.5M tokens per step
         max_steps=200_000, lr=6e-4, min_lr=6e-5, warmup_steps=2000, compile=True,
         log_interval=10, eval_interval=1000, eval_batches=20, ckpt_interval=1000, sample_tokens=64),
@@ -242,9 +245,10 @@ def prepare_data(cfg, rank):
         if not os.path.exists(tok_path):
             if cfg.tokenizer:
                 raise SystemExit(f"--tokenizer {cfg.tokenizer} does not exist")
-            print(f"training a SentencePiece unigram tokenizer (vocab {cfg.vocab_size}) on {corpus}")
+            print(f"training a SentencePiece {cfg.sp_model} tokenizer (vocab {cfg.vocab_size}) on {corpus}")
             # hard_vocab_limit off: a small corpus may support fewer pieces than asked for
-            train_sentencepiece([corpus], tok_path, vocab_size=cfg.vocab_size, hard_vocab_limit=False)
+            train_sentencepiece([corpus], tok_path, vocab_size=cfg.vocab_size, hard_vocab_limit=False,
+                                model_type=cfg.sp_model)
         summary = os.path.join(shard_dir, "summary.json")
         if not is_shards and not os.path.exists(summary):
             print(f"tokenizing {corpus} into {shard_dir}")

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import LMConfig, XmodelLM, IGNORE_INDEX
 
@@ -140,3 +141,29 @@ def test_kv_cache_equals_full_forward():
     full = torch.cat([idx, new], dim=1)
     logits, _ = model(full)
     assert torch.equal(logits[:, 11:-1].argmax(-1), new)
+
+
+def test_chunked_loss_equals_the_plain_loss_and_never_saves_all_logits():
+    from model import chunked_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    B, T, C, V = 3, 11, 16, 50                        # 33 rows: chunks of 7 leave a ragged 5
+    x = torch.randn(B, T, C, generator=g, requires_grad=True)
+    w = torch.randn(V, C, generator=g, requires_grad=True)
+    targets = torch.randint(0, V, (B, T), generator=g)
+    targets[0, :4] = IGNORE_INDEX                     # unlabelled positions (a prompt, padding)
+    targets[2, -1] = IGNORE_INDEX
+    plain = F.cross_entropy((x @ w.T).view(-1, V), targets.view(-1), ignore_index=IGNORE_INDEX)
+    gx, gw = torch.autograd.grad(plain, (x, w))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        loss = chunked_cross_entropy(x, w, targets, chunk=7)
+    cx, cw = torch.autograd.grad(loss, (x, w))
+    assert abs(loss.item() - plain.item()) < 1e-5
+    assert torch.allclose(cx, gx, atol=1e-6) and torch.allclose(cw, gw, atol=1e-6)
+    assert max(saved) < B * T * V / 2                  # never the (33, 50) logits, only inputs
+    # through the model: the same loss as cross-entropy on its logits
+    model = XmodelLM(LMConfig.preset("tiny", n_layer=1, n_embd=32, n_head=2, n_kv_head=1, vocab_size=V))
+    idx = torch.randint(0, V, (2, 9), generator=g)
+    logits, _ = model(idx[:, :-1])
+    _, loss = model(idx[:, :-1], idx[:, 1:])
+    assert torch.allclose(loss, F.cross_entropy(logits.reshape(-1, V), idx[:, 1:].reshape(-1)), atol=1e-6)

@@ -132,7 +132,7 @@ def test_splice_equals_manual_embedding():
     batch = data.collate([{"id": 0, "input_ids": torch.tensor(a), "labels": torch.tensor(a), "pixels": pixels[0]},
                           {"id": 1, "input_ids": torch.tensor(b), "labels": torch.tensor(b), "pixels": None}], 0)
     with torch.no_grad():
-        logits, _ = vlm(batch["input_ids"], batch["lengths"], batch["has_image"], batch["pixels"], batch["labels"])
+        logits, _ = vlm(batch["input_ids"], batch["lengths"], batch["has_image"], batch["pixels"])
         p = a.index(IMAGE_TOKEN_INDEX)
         emb = vlm.lm.model.embed_tokens
         image = vlm.mm_projector(vlm.vision_tower(pixels))[0]
@@ -314,3 +314,37 @@ def test_chat_answers_from_a_saved_vlm_and_explains_a_missing_checkpoint(world, 
     assert out.stdout.strip() == tok.decode(new).strip()
     missing = subprocess.run(chat + ["--ckpt", str(tmp_path / "none"), "hi"], capture_output=True, text=True)
     assert missing.returncode != 0 and "python train_vlm.py" in missing.stderr
+
+
+def test_ablation_token_counts_follow_the_papers_strides():
+    import eval_vlm
+    assert [eval_vlm.grid_tokens(n, 8) for n in (576, 144, 36, 4, 1)] == [64, 16, 4, 1, 1]
+    assert [eval_vlm.grid_tokens(n, 24) for n in (576, 144, 36, 4, 1)] == [576, 144, 36, 4, 1]
+    assert eval_vlm.grid_tokens(144, 12) == 36 and eval_vlm.grid_tokens(36, 12) == 9
+    with pytest.raises(ValueError, match="squares whose side divides 24"):
+        eval_vlm.grid_tokens(100, 8)
+    # every projector at its default, then the first one swept; 4 and 1 both give 1 token: run once
+    assert eval_vlm.ablation_settings(["xdp", "ldpv2"], [576, 144, 4, 1], 8, 32, 64) == [
+        ("xdp", 16), ("ldpv2", 16), ("xdp", 64), ("xdp", 1)]
+
+
+def test_ablate_trains_each_setting_writes_the_table_and_resumes(world, capsys):
+    import eval_vlm
+    out = str(world / "ablation")
+    os.makedirs(out)
+    options = dict(lm=str(world / "lm"), vision=str(world / "clip"), steps1=1, steps2=1, batch1=4, batch2=4,
+                   micro_batch=4)
+    rows = eval_vlm.ablate(["xdp"], [576, 4], str(world / "shapes"), out, **options)
+    assert [(r["projector"], r["tokens"]) for r in rows] == [("xdp", 16), ("xdp", 64), ("xdp", 1)]
+    for r in rows:  # the model of each setting really has that many visual tokens
+        saved = json.load(open(os.path.join(out, f"xdp_{r['tokens']}", "model", "config.json")))
+        assert saved["mm_image_tokens"] == r["tokens"]
+        assert 0 <= r["shapes_gqa"] <= 100 and 0 <= r["shapes_pope"] <= 1 and 0 <= r["shapes_mme"] <= 800
+    table = open(os.path.join(out, "ablation.md")).read().splitlines()
+    assert len(table) == 2 + len(rows) and table[2].startswith("| xdp | 16 |")
+    assert os.path.getsize(os.path.join(out, "ablation.png")) > 1000
+    weights = os.path.join(out, "xdp_64", "model", "model.safetensors")
+    mtime = os.path.getmtime(weights)
+    capsys.readouterr()
+    assert eval_vlm.ablate(["xdp"], [576, 4], str(world / "shapes"), out, **options) == rows
+    assert capsys.readouterr().out.count("done before") == 3 and os.path.getmtime(weights) == mtime
