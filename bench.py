@@ -3,6 +3,7 @@ Speed and memory measurements, side by side in one run (ratios, never absolute a
 
     python bench.py lm                    # our XmodelLM vs transformers' LlamaForCausalLM
     python bench.py kernels               # Triton kernels vs PyTorch's best (CUDA GPU only)
+    python bench.py vlm --preset=xmodel-1.1b --vision=clip-vit-l-14-336   # XDP's speed claim
     python bench.py lm --preset=small --batch=4 --seq_len=512
     python bench.py --help
 
@@ -10,6 +11,11 @@ Speed and memory measurements, side by side in one run (ratios, never absolute a
 (forward, backward, AdamW) and KV-cached greedy decoding at batch 1 and batched. Reports the
 median of `repeats` timings, ours and theirs interleaved so that machine noise hits both alike,
 and the ratio ours/theirs (below 1.0 = we are faster). Results belong in BENCHMARKS.md.
+
+`vlm`: time to first token of one image + question with 576, 144, 36 and 1 visual tokens (xdp
+at strides 1, 2, 4, 24 on CLIP-L's 24x24 grid; on a smaller tower the same strides), split into
+the tower + projector and the LM's prefill: the paper's case for downsampling the image tokens.
+Random weights (speed does not depend on them); bf16 on CUDA, fp32 on CPU.
 
 `kernels`: see kernels/bench.py (the device's copy bandwidth and matmul ceilings first, then
 flash attention TFLOP/s vs SDPA's flash and cuDNN backends and depthwise-conv GB/s vs F.conv2d).
@@ -36,6 +42,8 @@ class BenchConfig:
     new_tokens: int = 128       # decoding: generated tokens
     decode_batch: int = 8       # decoding: the batched case
     repeats: int = 7            # timings per measurement (median reported)
+    vision: str = "tiny"        # vlm: VisionConfig preset of the tower (clip-vit-l-14-336 = the paper's)
+    question_len: int = 40      # vlm: text tokens around the image (system prompt + question)
     threads: int = 0            # torch threads; 0 = torch's default
 
 
@@ -45,6 +53,11 @@ def timed(fn, sync):
     fn()
     sync()
     return time.perf_counter() - t0
+
+
+def median_time(fn, repeats, sync):
+    fn()  # warm-up
+    return statistics.median(timed(fn, sync) for _ in range(repeats))
 
 
 def compare(name, ours, theirs, repeats, sync, unit_count=None, unit=""):
@@ -114,9 +127,44 @@ def bench_lm(cfg):
             tokens, "tok/s")
 
 
+def bench_vlm(cfg):
+    """Time to first token: tower + projector, then the LM's prefill of image + text, then one
+    token; for each visual-token count. One row per count, the ratio against the full grid."""
+    from eval_vlm import grid_tokens
+    from model import IMAGE_TOKEN_INDEX, XmodelVLM
+    from vision import CLIPVisionTower, VisionConfig
+    from xdp import build_projector
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    tower = CLIPVisionTower(VisionConfig.preset(cfg.vision))
+    lm = XmodelLM(LMConfig.preset(cfg.preset))
+    pixels = torch.randn(1, 3, tower.config.image_size, tower.config.image_size, device=device, dtype=dtype)
+    prompt = [[5] * (cfg.question_len // 2) + [IMAGE_TOKEN_INDEX] + [6] * (cfg.question_len // 2)]
+    print(f"device {device} | torch {torch.__version__} | {dtype} | LM {cfg.preset} "
+          f"({lm.num_params() / 1e6:.0f}M) | tower {cfg.vision} ({tower.grid}x{tower.grid} patches) | "
+          f"{cfg.question_len} text tokens\n")
+    print(f"{'visual tokens (paper: 24x24)':<30} {'tower+projector':>16} {'LM prefill':>12} {'first token':>12} {'ratio':>6}")
+    first = None
+    for paper_count in (576, 144, 36, 1):
+        n = grid_tokens(paper_count, tower.grid)
+        vlm = XmodelVLM(tower, build_projector("xdp", tower.hidden_size, lm.config.n_embd, tower.grid, n), lm)
+        vlm = vlm.to(device=device, dtype=dtype).eval()
+        with torch.no_grad():
+            encode = lambda: vlm.encode_images(pixels)
+            x, valid = vlm.prompt_embeds(prompt, pixels)
+            prefill = lambda: vlm.lm(embeds=x)
+            ttft = lambda: vlm.generate(prompt, pixels, max_new_tokens=1)
+            t_enc, t_pre, t_all = (median_time(f, cfg.repeats, sync) for f in (encode, prefill, ttft))
+        first = first or t_all
+        print(f"{f'{n} ({paper_count})':<30} {t_enc * 1e3:13.1f} ms {t_pre * 1e3:9.1f} ms {t_all * 1e3:9.1f} ms "
+              f"{t_all / first:6.2f}", flush=True)
+
+
 if __name__ == "__main__":
     from kernels.bench import bench_kernels
-    modes = {"lm": bench_lm, "kernels": bench_kernels}
+    modes = {"lm": bench_lm, "kernels": bench_kernels, "vlm": bench_vlm}
     if len(sys.argv) < 2 or sys.argv[1] not in modes:
         if len(sys.argv) < 2 or sys.argv[1] not in ("-h", "--help"):
             print(f"usage: python bench.py {{{'|'.join(modes)}}} [--key=value ...]")

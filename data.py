@@ -397,6 +397,18 @@ def chat_document(scene, rng, used):
     return VICUNA_SYSTEM + " " + " ".join(turns)
 
 
+def reading_questions(scenes, seed=0):
+    """One question per scene with the scene described in words first, as the corpus's chat
+    documents do: (prompt, answer, question type). If the LM cannot answer these from the text,
+    the VLM cannot learn to answer them from an image's tokens either."""
+    rng, used, rows = random.Random(seed), Counter(), []
+    for scene in scenes:
+        qtype = rng.choice(available_types(scene))
+        q, a = ask(scene, qtype, rng, used)
+        rows.append((f"{VICUNA_SYSTEM} USER: {describe(scene, rng)} {q} {SHORT.strip()} ASSISTANT:", a, qtype))
+    return rows
+
+
 def caption_conversation(scene, rng):
     """A stage-1 sample: an instruction to describe (dropped by the 'plain' template) and a caption."""
     prompt = rng.choice(["Give a brief description of the image.", "Describe the image concisely.",

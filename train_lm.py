@@ -388,11 +388,39 @@ def train(cfg, stop_at=None):
         print(f"done in {format_time(time.time() - t_start)}; model saved to {export_dir}")
         for text in generate_sample(raw_model, tok, cfg, device, n=4):
             print("  >", text)
+        scenes = os.path.join(os.path.dirname(os.path.normpath(cfg.corpus)), "scenes_test.jsonl")
+        if os.path.exists(scenes):  # the shapes world: can the LM read a described scene?
+            reading_check(raw_model, tok, scenes, device)
     if metrics:
         metrics.close()
     if dist.is_initialized():
         dist.destroy_process_group()
     return raw_model
+
+
+def reading_check(model, tok, scenes_path, device, n=300):
+    """Shapes world: held-out scenes described in words, one question each, answered greedily.
+    The VLM has to do the same from image tokens, so this is the LM's part of that skill.
+    Prints and returns the accuracy per question type and overall (%)."""
+    import data
+    from collections import Counter
+    with open(scenes_path) as f:
+        rows = data.reading_questions([json.loads(line) for line in f][:n])
+    right, total = Counter(), Counter()
+    model.eval()
+    for i in range(0, len(rows), 50):
+        chunk = rows[i:i + 50]
+        out = model.generate([tok.encode(p, bos=True) for p, _, _ in chunk], 8, eos_id=tok.eos_id,
+                             pad_id=tok.pad_id)
+        for (_, answer, qtype), ids in zip(chunk, out.tolist()):
+            text = tok.decode([t for t in ids if t not in (tok.eos_id, tok.pad_id)])
+            total[qtype] += 1
+            right[qtype] += text.split("USER")[0].strip() == answer  # the corpus runs on to the next turn
+    accuracy = {t: 100 * right[t] / total[t] for t in sorted(total)}
+    accuracy["overall"] = 100 * sum(right.values()) / len(rows)
+    print(f"reading check ({len(rows)} held-out scenes described in words, one question each): " +
+          ", ".join(f"{t} {a:.0f}%" for t, a in accuracy.items()))
+    return accuracy
 
 
 def data_loader(shard_dir, split, cfg, missing_ok=False):

@@ -138,3 +138,48 @@ def test_lr_schedule():
     assert train_lm.lr_at(9, cfg) == pytest.approx(1.0)
     assert train_lm.lr_at(60, cfg) == pytest.approx(0.55)      # halfway down the cosine
     assert train_lm.lr_at(110, cfg) == pytest.approx(0.1)
+
+
+class Chars:
+    """A character tokenizer: ids are code points; 1 and 2 are bos/eos, 0 pads."""
+    bos_id, eos_id, pad_id = 1, 2, 0
+
+    def encode(self, text, bos=False, eos=False):
+        return [1] * bos + [ord(c) for c in text] + [2] * eos
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+class Oracle:
+    """Answers each reading question from a lookup of the true answers (or a wrong one),
+    then runs on into the next turn, as the corpus's chats do."""
+    def __init__(self, answers, wrong_types=()):
+        self.answers, self.wrong_types = answers, wrong_types
+
+    def eval(self):
+        return self
+
+    def generate(self, prompts, max_new_tokens, eos_id, pad_id):
+        tok, rows = Chars(), []
+        for p in prompts:
+            answer, qtype = self.answers[tok.decode(p[1:])]
+            reply = "wrong" if qtype in self.wrong_types else answer
+            rows.append(tok.encode(f" {reply} USER: more", eos=True))
+        width = max(map(len, rows))
+        return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
+
+
+def test_reading_check_scores_the_answer_before_the_next_turn(tmp_path):
+    import data
+    scenes = [{"objects": [{"shape": "star", "colour": "red", "size": "small", "cell": "top left", "row": 0, "col": 0}],
+               "count": {"kind": "total", "value": "shape", "answer": 1}}] * 40
+    path = tmp_path / "scenes_test.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in scenes))
+    rows = data.reading_questions(scenes)
+    answers = {p: (a, t) for p, a, t in rows}
+    assert train_lm.reading_check(Oracle(answers), Chars(), str(path), "cpu")["overall"] == 100
+    partial = train_lm.reading_check(Oracle(answers, wrong_types=("colour",)), Chars(), str(path), "cpu")
+    assert partial["colour"] == 0 and partial["shape"] == 100
+    n_colour = sum(t == "colour" for _, _, t in rows)
+    assert partial["overall"] == pytest.approx(100 * (40 - n_colour) / 40)
