@@ -4,6 +4,7 @@ Speed and memory measurements, side by side in one run (ratios, never absolute a
     python bench.py lm                    # our XmodelLM vs transformers' LlamaForCausalLM
     python bench.py kernels               # Triton kernels vs PyTorch's best (CUDA GPU only)
     python bench.py vlm --preset=xmodel-1.1b --vision=clip-vit-l-14-336   # XDP's speed claim
+    python bench.py memory --preset=xmodel-1.1b --gpu_gib=80 --seq_len=4096  # what fits (no GPU needed)
     python bench.py lm --preset=small --batch=4 --seq_len=512
     python bench.py --help
 
@@ -16,6 +17,10 @@ and the ratio ours/theirs (below 1.0 = we are faster). Results belong in BENCHMA
 at strides 1, 2, 4, 24 on CLIP-L's 24x24 grid; on a smaller tower the same strides), split into
 the tower + projector and the LM's prefill: the paper's case for downsampling the image tokens.
 Random weights (speed does not depend on them); bf16 on CUDA, fp32 on CPU.
+
+`memory`: train_lm.py's memory planner, no GPU needed: the budget of one training process
+(weights, bf16 copies, gradients, AdamW, DDP buckets, activations, the loss chunk) and the
+largest micro-batch that fits `gpu_gib`, without and with activation checkpointing.
 
 `kernels`: see kernels/bench.py (the device's copy bandwidth and matmul ceilings first, then
 flash attention TFLOP/s vs SDPA's flash and cuDNN backends and depthwise-conv GB/s vs F.conv2d).
@@ -44,6 +49,8 @@ class BenchConfig:
     repeats: int = 7            # timings per measurement (median reported)
     vision: str = "tiny"        # vlm: VisionConfig preset of the tower (clip-vit-l-14-336 = the paper's)
     question_len: int = 40      # vlm: text tokens around the image (system prompt + question)
+    gpu_gib: float = 80.0       # memory: the GPU's memory
+    world: int = 1              # memory: processes (DDP adds its gradient buckets)
     threads: int = 0            # torch threads; 0 = torch's default
 
 
@@ -162,9 +169,23 @@ def bench_vlm(cfg):
               f"{t_all / first:6.2f}", flush=True)
 
 
+def bench_memory(cfg):
+    from train_lm import largest_micro_batch, print_plan
+    config = LMConfig.preset(cfg.preset)
+    gpu = cfg.gpu_gib * 2**30
+    for checkpointing in (False, True):
+        mb = largest_micro_batch(config, cfg.seq_len, gpu, checkpointing, cfg.world)
+        if mb == 0:
+            print(f"checkpointing {'on' if checkpointing else 'off'}: not one sequence of {cfg.seq_len} "
+                  f"tokens fits in {cfg.gpu_gib:g} GiB\n")
+            continue
+        print_plan(config, cfg.seq_len, mb, checkpointing, cfg.world, gpu)
+        print(f"  -> largest micro-batch: {mb}\n")
+
+
 if __name__ == "__main__":
     from kernels.bench import bench_kernels
-    modes = {"lm": bench_lm, "kernels": bench_kernels, "vlm": bench_vlm}
+    modes = {"lm": bench_lm, "kernels": bench_kernels, "vlm": bench_vlm, "memory": bench_memory}
     if len(sys.argv) < 2 or sys.argv[1] not in modes:
         if len(sys.argv) < 2 or sys.argv[1] not in ("-h", "--help"):
             print(f"usage: python bench.py {{{'|'.join(modes)}}} [--key=value ...]")

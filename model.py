@@ -243,6 +243,7 @@ class XmodelLM(nn.Module):
         self.model = Body(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self._rope = None  # (cos, sin) table, built on first use on the input's device
+        self.checkpointing = False  # activation checkpointing while training (train_lm --checkpointing)
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
@@ -290,7 +291,11 @@ class XmodelLM(nn.Module):
         cos, sin = self.rope(positions)                # (B or 1, 1, T, hd)
         causal, mask = self._attention_mask(T, start, key_valid, x.device)
         for block in self.model.layers:
-            x = block(x, cos, sin, causal, cache, mask)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                # keep only the block's input; its insides are recomputed in the backward pass
+                x = checkpoint(block, x, cos, sin, causal, cache, mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, causal, cache, mask)
         if cache is not None:   # generating: only the last position's next-token logits are needed
             cache.pos += T
             x = x[:, -1:]

@@ -54,7 +54,9 @@ class TrainConfig:
     seq_len: int = 128              # tokens per training sequence
     # --- optimisation (the paper: 6e-4 -> 6e-5 cosine, 2000 warmup, wd 0.1, clip 1.0) ---
     batch_size: int = 16            # global batch, in sequences (all processes, all micro-steps)
-    micro_batch: int = 16           # sequences per forward/backward per process
+    micro_batch: int = 16           # sequences per forward/backward per process; auto (= 0): the largest
+                                    # that fits the GPU and divides the batch (plan_memory)
+    checkpointing: bool = False     # activation checkpointing: recompute each block in backward (less memory)
     max_steps: int = 400
     lr: float = 3e-3
     min_lr: float = 3e-4
@@ -130,6 +132,8 @@ def convert(value, typ, key):
         if value.lower() in ("0", "false", "no"):
             return False
         raise SystemExit(f"--{key} expects true or false, got {value!r}")
+    if typ is int and value == "auto":
+        return 0  # the scripts' convention: 0 = let the script choose (micro_batch, steps)
     try:
         return typ(value)
     except ValueError:
@@ -268,6 +272,8 @@ def train(cfg, stop_at=None):
     master = rank == 0
     torch.manual_seed(cfg.seed)
     tok, tok_path, shard_dir = prepare_data(cfg, rank)
+    if cfg.micro_batch == 0:
+        cfg = dataclasses.replace(cfg, micro_batch=auto_micro_batch(cfg, tok.vocab_size, world, device, master))
     if cfg.batch_size % (cfg.micro_batch * world):
         raise SystemExit(f"batch_size {cfg.batch_size} must be a multiple of micro_batch x processes "
                          f"= {cfg.micro_batch} x {world}")
@@ -296,6 +302,7 @@ def train(cfg, stop_at=None):
     if state:
         load_checked(model, weights, source=ckpt_dir)
     model.to(device)
+    model.checkpointing = cfg.checkpointing
     optimizer = make_optimizer(model, cfg, device)
     step = 0
     if state:
@@ -396,6 +403,85 @@ def train(cfg, stop_at=None):
     if dist.is_initialized():
         dist.destroy_process_group()
     return raw_model
+
+
+# -----------------------------------------------------------------------------
+# Memory: what one training process holds, and the largest micro-batch that fits
+#
+# Per parameter: fp32 weights (4 bytes), autocast's bf16 copies kept for backward (2), fp32
+# gradients (4), AdamW's two moments (8), and under DDP its gradient buckets (4): 18-22 bytes,
+# 21-26 GB for the 1.1B model before a single activation. Activations are what the backward
+# pass needs, per token and per layer; under bf16 autocast with flash attention (no T x T
+# matrix) our Block keeps, as measured from a real forward (tests/test_train_lm.py re-measures):
+
+ACT_BYTES = dict(hidden=30,  # per hidden unit: fp32 residual stream and RMSNorm inputs/outputs, bf16 q, o
+                 mlp=8,      # per SwiGLU unit: bf16 gate, up, silu(gate) and their product
+                 kv=4,       # per key/value unit: bf16 k and v as attention saves them
+                 head=4,     # per query head: the fp32 log-sum-exp of flash attention
+                 norm=8)     # per layer: the two RMSNorms' fp32 1/rms
+# plus, once for all layers, RoPE's fp32 cos and sin (8 bytes per head-dim unit) and the token id (8).
+# With activation checkpointing only each block's fp32 input stays (4 bytes per hidden unit per
+# layer), and one block's activations are rebuilt at a time during the backward pass.
+
+
+def plan_memory(config, seq_len, micro_batch, checkpointing=False, world=1):
+    """Bytes one process needs to train `config` (an LMConfig) on micro_batch x seq_len tokens."""
+    from model import LOSS_CHUNK
+    with torch.device("meta"):
+        n = XmodelLM(config).num_params()
+    c, tokens = config, seq_len * micro_batch
+    layer = (ACT_BYTES["hidden"] * c.n_embd + ACT_BYTES["mlp"] * c.intermediate_size +
+             ACT_BYTES["kv"] * c.n_kv_head * c.head_dim + ACT_BYTES["head"] * c.n_head + ACT_BYTES["norm"])
+    shared = 8 * c.head_dim + 8
+    saved = c.n_layer * (4 * c.n_embd if checkpointing else layer)
+    return {"weights (fp32)": 4 * n, "bf16 weight copies": 2 * n, "gradients (fp32)": 4 * n,
+            "AdamW moments (fp32)": 8 * n, "DDP gradient buckets": 4 * n if world > 1 else 0,
+            "activations": tokens * (saved + shared),
+            "one block recomputed": tokens * layer if checkpointing else 0,
+            # the chunked loss: bf16 logits, their fp32 copy and its gradient, one chunk at a time
+            "logits (one loss chunk)": min(tokens, LOSS_CHUNK) * c.vocab_size * 10}
+
+
+RESERVED = 1.5 * 2**30  # CUDA context, kernels' workspaces, allocator fragmentation (a rule of thumb)
+
+
+def largest_micro_batch(config, seq_len, gpu_bytes, checkpointing=False, world=1, divides=None):
+    """The largest micro-batch whose plan fits in gpu_bytes - RESERVED (and divides `divides`
+    when given), or 0 if not even one sequence fits."""
+    best = 0
+    for mb in range(1, 1025):
+        if sum(plan_memory(config, seq_len, mb, checkpointing, world).values()) > gpu_bytes - RESERVED:
+            break
+        if divides is None or divides % mb == 0:
+            best = mb
+    return best
+
+
+def print_plan(config, seq_len, micro_batch, checkpointing, world, gpu_bytes=None):
+    plan = plan_memory(config, seq_len, micro_batch, checkpointing, world)
+    total = sum(plan.values())
+    print(f"memory plan: micro-batch {micro_batch} x {seq_len} tokens, activation checkpointing "
+          f"{'on' if checkpointing else 'off'}, {world} process(es)")
+    for part, size in plan.items():
+        print(f"  {part:<26} {size / 2**30:8.2f} GiB")
+    room = f" of {gpu_bytes / 2**30:.1f} GiB (reserving {RESERVED / 2**30:.1f})" if gpu_bytes else ""
+    print(f"  {'total':<26} {total / 2**30:8.2f} GiB{room}")
+
+
+def auto_micro_batch(cfg, vocab_size, world, device, master):
+    """--micro_batch=auto: the planner's pick on a GPU; the whole per-process batch on a CPU."""
+    per_process = cfg.batch_size // world
+    if not device.startswith("cuda"):
+        return per_process
+    config = LMConfig.preset(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.seq_len)
+    gpu = torch.cuda.get_device_properties(device).total_memory
+    mb = largest_micro_batch(config, cfg.seq_len, gpu, cfg.checkpointing, world, divides=per_process)
+    if mb == 0:
+        raise SystemExit(f"not one sequence of {cfg.seq_len} tokens fits in {gpu / 2**30:.0f} GiB "
+                         f"with preset {cfg.preset}" + ("" if cfg.checkpointing else "; try --checkpointing=true"))
+    if master:
+        print_plan(config, cfg.seq_len, mb, cfg.checkpointing, world, gpu)
+    return mb
 
 
 def reading_check(model, tok, scenes_path, device, n=300):

@@ -68,6 +68,7 @@ class VLMConfig:
     batch2: int = 32
     steps2: int = 150               # 0 = one epoch (656 here); 150 keeps speedrun.sh within 15 minutes
     micro_batch: int = 16           # samples per forward/backward per process
+    checkpointing: bool = False     # activation checkpointing of the LM's blocks (less memory, one more forward)
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -151,6 +152,7 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     master = rank == 0
     # stage 1 trains the projector only; stage 2 the projector and the LM; never the tower
     model.lm.requires_grad_(stage == 2)
+    model.lm.checkpointing = cfg.checkpointing
     model.mm_projector.requires_grad_(True)
     json_path, template = (files.pretrain, "plain") if stage == 1 else (files.instruct, "vicuna_v1")
     processor = ImageProcessor(model.vision_tower.config.image_size)

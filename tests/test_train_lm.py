@@ -183,3 +183,68 @@ def test_reading_check_scores_the_answer_before_the_next_turn(tmp_path):
     assert partial["colour"] == 0 and partial["shape"] == 100
     n_colour = sum(t == "colour" for _, _, t in rows)
     assert partial["overall"] == pytest.approx(100 * (40 - n_colour) / 40)
+
+
+def saved_bytes(model, T):
+    """Bytes of the distinct tensors a forward pass saves for backward (CPU bf16 autocast)."""
+    from torch.utils.checkpoint import checkpoint
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    idx = torch.randint(0, model.config.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x = model.model.embed_tokens(idx)
+        cos, sin = model.rope(torch.arange(T)[None])
+        for block in model.model.layers:
+            x = checkpoint(block, x, cos, sin, True, use_reentrant=False) if model.checkpointing \
+                else block(x, cos, sin, True)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_memory_plan_matches_the_tensors_a_forward_saves(monkeypatch, checkpointing):
+    """The planner's activation bytes per token = what autograd really keeps, measured as the
+    difference between two sequence lengths (weights and their bf16 copies do not grow with T).
+    Attention runs the flash kernel (in Triton's interpreter), which keeps no T x T matrix."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs the flash-attention kernel: run with TRITON_INTERPRET=1")
+    monkeypatch.setenv("XMODEL_KERNELS", "triton")
+    from model import LMConfig, XmodelLM
+    for shape in [dict(n_embd=64, n_head=2, n_kv_head=1, intermediate_size=96),
+                  dict(n_embd=128, n_head=4, n_kv_head=2, intermediate_size=352)]:
+        config = LMConfig(vocab_size=64, n_layer=2, max_seq_len=128, **shape)
+        model = XmodelLM(config)
+        model.checkpointing = checkpointing
+        measured = (saved_bytes(model, 96) - saved_bytes(model, 32)) / 64
+        assert measured == train_lm.plan_memory(config, 1, 1, checkpointing)["activations"], shape
+
+
+def test_largest_micro_batch_is_the_largest_that_fits():
+    from model import LMConfig
+    config = LMConfig.preset("xmodel-1.1b")
+    gpu = 80 * 2**30
+    total = lambda mb, ckpt=False: sum(train_lm.plan_memory(config, 4096, mb, ckpt).values())
+    mb = train_lm.largest_micro_batch(config, 4096, gpu)
+    assert mb >= 1 and total(mb) <= gpu - train_lm.RESERVED < total(mb + 1)
+    ckpt = train_lm.largest_micro_batch(config, 4096, gpu, checkpointing=True)
+    assert ckpt > 2 * mb                                   # checkpointing buys a much larger batch
+    assert train_lm.largest_micro_batch(config, 4096, gpu, checkpointing=True, divides=864) in (1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 27, 32, 36, 48, 54, 72, 96, 108, 144, 216, 288, 432, 864)
+    assert train_lm.largest_micro_batch(config, 4096, 8 * 2**30) == 0   # 1.1B does not train in 8 GB
+
+
+def test_checkpointing_gives_the_same_loss_and_gradients():
+    from model import LMConfig, XmodelLM
+    torch.manual_seed(0)
+    model = XmodelLM(LMConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=2, n_kv_head=1, intermediate_size=96,
+                              max_seq_len=64)).train()
+    idx = torch.randint(0, 64, (2, 17))
+    grads = []
+    for on in (False, True):
+        model.checkpointing = on
+        model.zero_grad()
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
