@@ -943,7 +943,7 @@ def main(argv=None):
                                    "GQA-, POPE- and MME-style sets. Token counts are the paper's, on CLIP-L's "
                                    "24x24 grid; on a smaller grid the same stride is used (see grid_tokens). "
                                    "Resumable: a setting with a result.json is not run again. The default "
-                                   "(6 settings of 100 + 100 steps) takes about 25 minutes on 2 CPU cores.")
+                                   "(6 settings of 100 + 100 steps) took 29 minutes on 2 CPU cores.")
     p.add_argument("--projector", default="xdp,ldpv2,mlp2x_gelu",
                    help="comma-separated projector kinds, each at its default token count (Table 7)")
     p.add_argument("--tokens", default="576,144,36,4,1",

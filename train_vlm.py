@@ -66,7 +66,7 @@ class VLMConfig:
     steps1: int = 150               # optimizer steps of stage 1; 0 = one epoch (the paper's; 312 here)
     lr2: float = 1e-3               # the tiny LM needs a larger step than the paper's 1.1B
     batch2: int = 32
-    steps2: int = 150               # 0 = one epoch (656 here); 150 keeps speedrun.sh within 15 minutes
+    steps2: int = 250               # 0 = one epoch (656 here); 250 keeps speedrun.sh within 15 minutes
     micro_batch: int = 16           # samples per forward/backward per process
     checkpointing: bool = False     # activation checkpointing of the LM's blocks (less memory, one more forward)
     warmup_ratio: float = 0.03
