@@ -160,7 +160,7 @@ def bench_vlm(cfg):
         vlm = vlm.to(device=device, dtype=dtype).eval()
         with torch.no_grad():
             encode = lambda: vlm.encode_images(pixels)
-            x, valid = vlm.prompt_embeds(prompt, pixels)
+            x, _ = vlm.prompt_embeds(prompt, pixels)
             prefill = lambda: vlm.lm(embeds=x)
             ttft = lambda: vlm.generate(prompt, pixels, max_new_tokens=1)
             t_enc, t_pre, t_all = (median_time(f, cfg.repeats, sync) for f in (encode, prefill, ttft))
