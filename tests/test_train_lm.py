@@ -87,24 +87,31 @@ def test_loss_decreases_and_metrics_are_logged(workdir):
     assert os.path.exists(root / "learn" / "model" / "model.safetensors")
 
 
-def test_ddp_two_processes_match_one(workdir):
-    """torchrun --nproc_per_node=2 (gloo) gives the same losses as one process, same global batch."""
+def test_ddp_two_processes_match_one_and_resume_across_world_sizes(workdir):
+    """Half a run in one process, resumed under torchrun --nproc_per_node=2 (gloo): the same
+    losses and final weights as one process all the way (the global batch of a step does not
+    depend on the number of processes, and the checkpoint holds no per-process state)."""
     root, corpus, tok = workdir
     args = ["--preset=tiny", f"--corpus={corpus}", f"--tokenizer={tok}", "--seq_len=32",
             "--batch_size=8", "--micro_batch=2", "--max_steps=4", "--warmup_steps=1",
             "--log_interval=1", "--eval_interval=100", "--ckpt_interval=100", "--device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # shards first, so the two runs do not race to write them
-    train_lm.train(parse_config(TrainConfig, args + [f"--out_dir={root / 'one'}"]))
+    one = train_lm.train(parse_config(TrainConfig, args + [f"--out_dir={root / 'one'}"]))
+    shards = f"--corpus={root / 'one' / 'tokens'}"
+    train_lm.train(parse_config(TrainConfig, args + [f"--out_dir={root / 'two'}", shards]), stop_at=2)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train_lm.py"), *args, f"--out_dir={root / 'two'}",
-           f"--corpus={root / 'one' / 'tokens'}"]
+           os.path.join(ROOT, "train_lm.py"), *args, f"--out_dir={root / 'two'}", shards, "--resume=true"]
     run = subprocess.run(cmd, env=env, cwd=ROOT, timeout=300, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    one = [json.loads(l)["loss"] for l in open(root / "one" / "metrics.jsonl") if '"loss"' in l]
-    two = [json.loads(l)["loss"] for l in open(root / "two" / "metrics.jsonl") if '"loss"' in l]
-    assert len(one) == len(two) == 4
-    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5
+    assert "at step 2" in run.stdout, run.stdout[-2000:]
+    losses = lambda out: [json.loads(l)["loss"] for l in open(root / out / "metrics.jsonl") if '"loss"' in l]
+    one_losses, two_losses = losses("one"), losses("two")
+    assert len(one_losses) == len(two_losses) == 4            # steps 3 and 4 by the two processes
+    assert max(abs(a - b) for a, b in zip(one_losses, two_losses)) < 1e-5
+    two = load_file(str(root / "two" / "model" / "model.safetensors"))
+    for k, v in one.state_dict().items():
+        assert torch.allclose(v, two[k], atol=1e-5), k
 
 
 def test_missing_corpus_is_a_clear_error(tmp_path):
