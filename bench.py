@@ -5,6 +5,8 @@ Speed and memory measurements, side by side in one run (ratios, never absolute a
     python bench.py kernels               # Triton kernels vs PyTorch's best (CUDA GPU only)
     python bench.py vlm --preset=xmodel-1.1b --vision=clip-vit-l-14-336   # XDP's speed claim
     python bench.py memory --preset=xmodel-1.1b --gpu_gib=80 --seq_len=4096  # what fits (no GPU needed)
+    python bench.py train --preset=xmodel-1.1b --batch=4 --seq_len=4096       # tokens/s, MFU, peak memory
+    python bench.py decode --preset=xmodel-1.1b                               # KV-cached tokens/s
     python bench.py lm --preset=small --batch=4 --seq_len=512
     python bench.py --help
 
@@ -17,6 +19,10 @@ and the ratio ours/theirs (below 1.0 = we are faster). Results belong in BENCHMA
 at strides 1, 2, 4, 24 on CLIP-L's 24x24 grid; on a smaller tower the same strides), split into
 the tower + projector and the LM's prefill: the paper's case for downsampling the image tokens.
 Random weights (speed does not depend on them); bf16 on CUDA, fp32 on CPU.
+
+`train`: our training step alone (forward, backward, AdamW; bf16 autocast and the Triton
+kernels on CUDA): tokens/s, MFU against the GPU's dense bf16 peak, and peak memory next to the
+planner's estimate. `decode`: greedy KV-cached decoding, tokens/s at batch 1 and `decode_batch`.
 
 `memory`: train_lm.py's memory planner, no GPU needed: the budget of one training process
 (weights, bf16 copies, gradients, AdamW, DDP buckets, activations, the loss chunk) and the
@@ -169,6 +175,52 @@ def bench_vlm(cfg):
               f"{t_all / first:6.2f}", flush=True)
 
 
+def bench_train(cfg):
+    from contextlib import nullcontext
+    from train_lm import peak_flops, plan_memory
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    model = XmodelLM(LMConfig.preset(cfg.preset, max_seq_len=max(cfg.seq_len, 512))).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
+    x = torch.randint(0, model.config.vocab_size, (cfg.batch, cfg.seq_len + 1), device=device)
+
+    def step():
+        with autocast:
+            _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = median_time(step, cfg.repeats, sync)
+    tokens = cfg.batch * cfg.seq_len
+    peak = peak_flops(device)
+    mfu = model.flops_per_token(cfg.seq_len) * tokens / t / peak if peak else None
+    print(f"device {device} | torch {torch.__version__} | preset {cfg.preset} ({model.num_params() / 1e6:.0f}M) | "
+          f"batch {cfg.batch} x {cfg.seq_len}")
+    print(f"train step {t * 1e3:.1f} ms | {tokens / t:,.0f} tokens/s | MFU {f'{100 * mfu:.1f}%' if mfu else '-'}")
+    if device == "cuda":
+        planned = sum(plan_memory(model.config, cfg.seq_len, cfg.batch).values())
+        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (planner: {planned / 2**30:.2f} GiB)")
+
+
+def bench_decode(cfg):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    model = XmodelLM(LMConfig.preset(cfg.preset)).to(device=device, dtype=dtype).eval()
+    print(f"device {device} | torch {torch.__version__} | {dtype} | preset {cfg.preset} | "
+          f"prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens, greedy, KV cache")
+    for b in (1, cfg.decode_batch):
+        prompt = torch.randint(3, model.config.vocab_size, (b, cfg.prompt_len), device=device)
+        with torch.no_grad():
+            t = median_time(lambda: model.generate(prompt, cfg.new_tokens), cfg.repeats, sync)
+        print(f"batch {b:>3}: {t * 1e3:8.1f} ms | {b * cfg.new_tokens / t:8.0f} tokens/s")
+
+
 def bench_memory(cfg):
     from train_lm import largest_micro_batch, print_plan
     config = LMConfig.preset(cfg.preset)
@@ -185,7 +237,8 @@ def bench_memory(cfg):
 
 if __name__ == "__main__":
     from kernels.bench import bench_kernels
-    modes = {"lm": bench_lm, "kernels": bench_kernels, "vlm": bench_vlm, "memory": bench_memory}
+    modes = {"lm": bench_lm, "kernels": bench_kernels, "vlm": bench_vlm, "memory": bench_memory,
+             "train": bench_train, "decode": bench_decode}
     if len(sys.argv) < 2 or sys.argv[1] not in modes:
         if len(sys.argv) < 2 or sys.argv[1] not in ("-h", "--help"):
             print(f"usage: python bench.py {{{'|'.join(modes)}}} [--key=value ...]")
