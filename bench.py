@@ -17,7 +17,8 @@ and the ratio ours/theirs (below 1.0 = we are faster). Results belong in BENCHMA
 
 `vlm`: time to first token of one image + question with 576, 144, 36 and 1 visual tokens (xdp
 at strides 1, 2, 4, 24 on CLIP-L's 24x24 grid; on a smaller tower the same strides), split into
-the tower + projector and the LM's prefill: the paper's case for downsampling the image tokens.
+the tower + projector and the LM's prefill (logits at every position: a little more than
+generate's prefill, which keeps the last only): the paper's case for downsampling the image tokens.
 Random weights (speed does not depend on them); bf16 on CUDA, fp32 on CPU.
 
 `train`: our training step alone (forward, backward, AdamW; bf16 autocast and the Triton

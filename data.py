@@ -372,7 +372,7 @@ def text_only_conversation(rng):
 
 def corpus_document(scene, rng, used):
     """One paragraph of LM pretraining text about a scene: a description, relations, a count
-    and question-answer prose; a third of them as a chat in the Vicuna template the VLM is
+    and question-answer prose; half of them as a chat in the Vicuna template the VLM is
     fine-tuned with, so the LM (and its tokenizer) know the template's words before stage 2."""
     if rng.random() < 0.5:
         return chat_document(scene, rng, used)

@@ -814,10 +814,15 @@ def grid_tokens(n, grid):
 
 def ablation_settings(projectors, tokens, grid, vision_width, lm_width):
     """(projector, visual tokens) pairs: every projector at its default count, then the first
-    projector at each of `tokens`; duplicates (e.g. 4 and 1 both giving 1 on 8x8) run once."""
+    projector at each of `tokens`; duplicates (e.g. 4 and 1 both giving 1 on 8x8) run once.
+    Every setting is built once on the meta device, so an impossible one fails before training."""
+    import torch
     from xdp import build_projector
-    settings = [(p, build_projector(p, vision_width, lm_width, grid).tokens) for p in projectors]
-    settings += [(projectors[0], grid_tokens(n, grid)) for n in tokens]
+    with torch.device("meta"):
+        settings = [(p, build_projector(p, vision_width, lm_width, grid).tokens) for p in projectors]
+        settings += [(projectors[0], grid_tokens(n, grid)) for n in tokens]
+        for p, n in settings:
+            build_projector(p, vision_width, lm_width, grid, n)
     return list(dict.fromkeys(settings))
 
 
@@ -838,7 +843,8 @@ def ablate(projectors, tokens, world, out_dir, **vlm_options):
     for i, (projector, n) in enumerate(settings):
         run_dir = os.path.join(out_dir, f"{projector}_{n}")
         result_path = os.path.join(run_dir, "result.json")
-        if os.path.exists(result_path):
+        recipe = {"lm": base.lm, "vision": base.vision, "steps1": base.steps1, "steps2": base.steps2}
+        if os.path.exists(result_path) and load_json(result_path).get("recipe") == recipe:
             rows.append(load_json(result_path))
             print(f"[{i + 1}/{len(settings)}] {projector} x {n}: done before, reusing {result_path}")
             continue
@@ -846,7 +852,7 @@ def ablate(projectors, tokens, world, out_dir, **vlm_options):
         cfg = dataclasses.replace(base, projector=projector, tokens=n, out_dir=run_dir, resume=False)
         t0 = time.time()
         train_vlm.main(cfg)
-        row = {"projector": projector, "tokens": n, "train_s": round(time.time() - t0, 1)}
+        row = {"projector": projector, "tokens": n, "train_s": round(time.time() - t0, 1), "recipe": recipe}
         for bench in ABLATION_BENCHES:
             answers = os.path.join(run_dir, "eval", f"{bench}.jsonl")
             os.makedirs(os.path.dirname(answers), exist_ok=True)
@@ -858,7 +864,7 @@ def ablate(projectors, tokens, world, out_dir, **vlm_options):
         with open(result_path, "w") as f:
             json.dump(row, f, indent=2)
         rows.append(row)
-    write_ablation(rows, out_dir, settings[len(projectors):] and projectors[0])
+    write_ablation(rows, out_dir, projectors[0] if tokens else None)
     return rows
 
 
@@ -889,11 +895,12 @@ def write_ablation(rows, out_dir, swept):
     firsts = [next(r for r in rows if r["projector"] == p) for p in projectors]
     left.bar(projectors, [r["shapes_gqa"] for r in firsts])
     left.set(title="projectors (Table 7)", ylabel="GQA-style accuracy (%)", ylim=(0, 100))
-    sweep = sorted((r for r in rows if r["projector"] == swept), key=lambda r: r["tokens"])
-    for key, label, k in (("shapes_gqa", "GQA-style acc", 1), ("shapes_pope", "POPE-style F1 x100", 100)):
-        right.plot([r["tokens"] for r in sweep], [k * r[key] for r in sweep], "o-", label=label)
-    right.set(title=f"visual tokens, {swept} (Table 8)", xlabel="visual tokens", xscale="log", ylim=(0, 100))
-    right.legend()
+    if swept:
+        sweep = sorted((r for r in rows if r["projector"] == swept), key=lambda r: r["tokens"])
+        for key, label, k in (("shapes_gqa", "GQA-style acc", 1), ("shapes_pope", "POPE-style F1 x100", 100)):
+            right.plot([r["tokens"] for r in sweep], [k * r[key] for r in sweep], "o-", label=label)
+        right.set(title=f"visual tokens, {swept} (Table 8)", xlabel="visual tokens", xscale="log", ylim=(0, 100))
+        right.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "ablation.png"), dpi=100)
     print(f"wrote {out_dir}/ablation.md and ablation.png")
@@ -911,7 +918,7 @@ def ablate_main(args):
     try:
         ablate(projectors, tokens, args.data, args.out, lm=args.lm, vision=args.vision,
                steps1=args.steps1, steps2=args.steps2)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         sys.exit(f"eval_vlm.py ablate: error: {e}")
 
 

@@ -139,7 +139,7 @@ def chunked_cross_entropy(x, weight, targets, chunk=LOSS_CHUNK):
     `chunk` rows at a time become logits, are reduced to a loss sum and dropped; the backward
     pass recomputes each chunk's logits (activation checkpointing) instead of storing them."""
     x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)   # (N, C), (N,)
-    total = 0.0
+    total = x.new_zeros((), dtype=torch.float32)
     for i in range(0, len(x), chunk):
         total = total + checkpoint(_loss_sum, x[i:i + chunk], weight, targets[i:i + chunk],
                                    use_reentrant=False)
@@ -586,7 +586,8 @@ class XmodelVLM(nn.Module):
 
     def forward(self, input_ids, lengths, has_image, pixels=None, labels=None):
         """A right-padded batch (data.collate's): input_ids, labels (B, T) unshifted, LLaVA
-        style. Returns logits (B, T', vocab) and the loss on the labelled positions."""
+        style. Returns (logits (B, T', vocab), None), or with labels (None, the loss on the
+        labelled positions), as XmodelLM.forward."""
         image_tokens = self.encode_images(pixels) if pixels is not None else None
         embeds, spliced = self.splice(input_ids, lengths, has_image, image_tokens, labels)
         x = nn.utils.rnn.pad_sequence(embeds, batch_first=True)      # (B, T', C), zeros at the end

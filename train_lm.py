@@ -79,6 +79,8 @@ class TrainConfig:
     ckpt_interval: int = 100        # steps between checkpoints (and at the end)
     sample_tokens: int = 48         # tokens generated per sample at each evaluation
 
+    AUTO = ("micro_batch",)         # settings that accept --key=auto
+
 
 # Training presets: the default above is the CPU shapes-world run; this is the paper's recipe.
 TRAIN_PRESETS = {
@@ -121,7 +123,8 @@ def parse_config(cls, argv=None, presets=None):
             hint = difflib.get_close_matches(key, known, n=1)
             raise SystemExit(f"unknown setting --{key}" + (f" (did you mean --{hint[0]}?)" if hint else "")
                              + "; see --help")
-        kwargs[key] = convert(value, known[key].type, key)
+        auto = value == "auto" and key in getattr(cls, "AUTO", ())
+        kwargs[key] = 0 if auto else convert(value, known[key].type, key)  # 0: the script chooses
     return cls(**kwargs)
 
 
@@ -132,8 +135,6 @@ def convert(value, typ, key):
         if value.lower() in ("0", "false", "no"):
             return False
         raise SystemExit(f"--{key} expects true or false, got {value!r}")
-    if typ is int and value == "auto":
-        return 0  # the scripts' convention: 0 = let the script choose (micro_batch, steps)
     try:
         return typ(value)
     except ValueError:
@@ -272,12 +273,6 @@ def train(cfg, stop_at=None):
     master = rank == 0
     torch.manual_seed(cfg.seed)
     tok, tok_path, shard_dir = prepare_data(cfg, rank)
-    if cfg.micro_batch == 0:
-        cfg = dataclasses.replace(cfg, micro_batch=auto_micro_batch(cfg, tok.vocab_size, world, device, master))
-    if cfg.batch_size % (cfg.micro_batch * world):
-        raise SystemExit(f"batch_size {cfg.batch_size} must be a multiple of micro_batch x processes "
-                         f"= {cfg.micro_batch} x {world}")
-    grad_accum = cfg.batch_size // (cfg.micro_batch * world)
 
     # the model's config first, so that a resumed run refuses a mismatched checkpoint at once
     ckpt_dir = os.path.join(cfg.out_dir, "ckpt")
@@ -290,6 +285,12 @@ def train(cfg, stop_at=None):
     if model_config.vocab_size < tok.vocab_size:
         raise SystemExit(f"the model's vocab ({model_config.vocab_size}) is smaller than the "
                          f"tokenizer's ({tok.vocab_size})")
+    if cfg.micro_batch == 0:  # --micro_batch=auto
+        cfg = dataclasses.replace(cfg, micro_batch=auto_micro_batch(cfg, model_config, world, device, master))
+    if cfg.batch_size % (cfg.micro_batch * world):
+        raise SystemExit(f"batch_size {cfg.batch_size} must be a multiple of micro_batch x processes "
+                         f"= {cfg.micro_batch} x {world}")
+    grad_accum = cfg.batch_size // (cfg.micro_batch * world)
     state = None
     if cfg.resume:
         weights, state = load_checkpoint(ckpt_dir)
@@ -424,33 +425,43 @@ ACT_BYTES = dict(hidden=30,  # per hidden unit: fp32 residual stream and RMSNorm
 # layer), and one block's activations are rebuilt at a time during the backward pass.
 
 
-def plan_memory(config, seq_len, micro_batch, checkpointing=False, world=1):
+def count_params(config):
+    with torch.device("meta"):  # shapes only, no memory
+        return XmodelLM(config).num_params()
+
+
+def plan_memory(config, seq_len, micro_batch, checkpointing=False, world=1, n_params=None):
     """Bytes one process needs to train `config` (an LMConfig) on micro_batch x seq_len tokens."""
     from model import LOSS_CHUNK
-    with torch.device("meta"):
-        n = XmodelLM(config).num_params()
+    n = n_params or count_params(config)
     c, tokens = config, seq_len * micro_batch
     layer = (ACT_BYTES["hidden"] * c.n_embd + ACT_BYTES["mlp"] * c.intermediate_size +
              ACT_BYTES["kv"] * c.n_kv_head * c.head_dim + ACT_BYTES["head"] * c.n_head + ACT_BYTES["norm"])
-    shared = 8 * c.head_dim + 8
+    # once per token: RoPE's cos and sin, the token id, and after the blocks the final RMSNorm's
+    # input, output and 1/rms plus the loss chunks' bf16 inputs (12 per hidden unit + 4)
+    shared = 8 * c.head_dim + 8 + 12 * c.n_embd + 4
     saved = c.n_layer * (4 * c.n_embd if checkpointing else layer)
     return {"weights (fp32)": 4 * n, "bf16 weight copies": 2 * n, "gradients (fp32)": 4 * n,
             "AdamW moments (fp32)": 8 * n, "DDP gradient buckets": 4 * n if world > 1 else 0,
             "activations": tokens * (saved + shared),
             "one block recomputed": tokens * layer if checkpointing else 0,
-            # the chunked loss: bf16 logits, their fp32 copy and its gradient, one chunk at a time
-            "logits (one loss chunk)": min(tokens, LOSS_CHUNK) * c.vocab_size * 10}
+            # the chunked loss's backward: bf16 logits, fp32 copy, log-softmax and their gradients
+            "logits (one loss chunk)": min(tokens, LOSS_CHUNK) * c.vocab_size * 18}
 
 
-RESERVED = 1.5 * 2**30  # CUDA context, kernels' workspaces, allocator fragmentation (a rule of thumb)
+def reserved(gpu_bytes):
+    """Left unplanned: the CUDA context, kernels' workspaces, allocator fragmentation and what
+    the plan leaves out (a rule of thumb, not a measurement): 1 GiB + 8% of the GPU."""
+    return 2**30 + 0.08 * gpu_bytes
 
 
 def largest_micro_batch(config, seq_len, gpu_bytes, checkpointing=False, world=1, divides=None):
-    """The largest micro-batch whose plan fits in gpu_bytes - RESERVED (and divides `divides`
+    """The largest micro-batch whose plan fits in gpu_bytes - reserved() (and divides `divides`
     when given), or 0 if not even one sequence fits."""
-    best = 0
+    best, n = 0, count_params(config)
     for mb in range(1, 1025):
-        if sum(plan_memory(config, seq_len, mb, checkpointing, world).values()) > gpu_bytes - RESERVED:
+        plan = plan_memory(config, seq_len, mb, checkpointing, world, n)
+        if sum(plan.values()) > gpu_bytes - reserved(gpu_bytes):
             break
         if divides is None or divides % mb == 0:
             best = mb
@@ -464,16 +475,15 @@ def print_plan(config, seq_len, micro_batch, checkpointing, world, gpu_bytes=Non
           f"{'on' if checkpointing else 'off'}, {world} process(es)")
     for part, size in plan.items():
         print(f"  {part:<26} {size / 2**30:8.2f} GiB")
-    room = f" of {gpu_bytes / 2**30:.1f} GiB (reserving {RESERVED / 2**30:.1f})" if gpu_bytes else ""
+    room = f" of {gpu_bytes / 2**30:.1f} GiB (reserving {reserved(gpu_bytes) / 2**30:.1f})" if gpu_bytes else ""
     print(f"  {'total':<26} {total / 2**30:8.2f} GiB{room}")
 
 
-def auto_micro_batch(cfg, vocab_size, world, device, master):
+def auto_micro_batch(cfg, config, world, device, master):
     """--micro_batch=auto: the planner's pick on a GPU; the whole per-process batch on a CPU."""
     per_process = cfg.batch_size // world
     if not device.startswith("cuda"):
         return per_process
-    config = LMConfig.preset(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.seq_len)
     gpu = torch.cuda.get_device_properties(device).total_memory
     mb = largest_micro_batch(config, cfg.seq_len, gpu, cfg.checkpointing, world, divides=per_process)
     if mb == 0:

@@ -124,7 +124,7 @@ def build_model(cfg, device):
 def stage_settings(cfg, stage, n_samples, world):
     """Learning rate, global batch, steps, accumulation and warmup of one stage."""
     lr, batch, steps = (cfg.lr1, cfg.batch1, cfg.steps1) if stage == 1 else (cfg.lr2, cfg.batch2, cfg.steps2)
-    if batch % (cfg.micro_batch * world):
+    if cfg.micro_batch < 1 or batch % (cfg.micro_batch * world):
         raise SystemExit(f"stage {stage}: the global batch {batch} must be a multiple of micro_batch x "
                          f"processes = {cfg.micro_batch} x {world}")
     steps = steps or n_samples // batch  # one epoch

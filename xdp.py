@@ -41,7 +41,7 @@ def depthwise_conv(x, weight, bias, grid_hw, stride, padding=1, residual=None):
     weight is (C, 1, 3, 3) and bias (C,) or None, exactly as nn.Conv2d(C, C, 3, groups=C) stores
     them; `residual` (B, H'*W', C), if given, is added to the output (ldpv2's x + conv(x)).
     """
-    if kernels.use_triton(x):  # on CUDA kernels/dwconv.py computes this in place, without the transposes
+    if kernels.use_triton(x):  # on CUDA kernels/dwconv.py reads (B, H*W, C) as it is: no transposes
         return kernels.depthwise_conv(x, weight, bias, grid_hw, stride, padding, residual)
     B, N, C = x.shape
     H, W = grid_hw

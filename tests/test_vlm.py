@@ -326,6 +326,8 @@ def test_ablation_token_counts_follow_the_papers_strides():
     # every projector at its default, then the first one swept; 4 and 1 both give 1 token: run once
     assert eval_vlm.ablation_settings(["xdp", "ldpv2"], [576, 144, 4, 1], 8, 32, 64) == [
         ("xdp", 16), ("ldpv2", 16), ("xdp", 64), ("xdp", 1)]
+    with pytest.raises(ValueError, match="cannot give 16"):  # before any training starts
+        eval_vlm.ablation_settings(["linear"], [144], 8, 32, 64)
 
 
 def test_ablate_trains_each_setting_writes_the_table_and_resumes(world, capsys):
@@ -348,3 +350,6 @@ def test_ablate_trains_each_setting_writes_the_table_and_resumes(world, capsys):
     capsys.readouterr()
     assert eval_vlm.ablate(["xdp"], [576, 4], str(world / "shapes"), out, **options) == rows
     assert capsys.readouterr().out.count("done before") == 3 and os.path.getmtime(weights) == mtime
+    # another recipe in the same folder: trained again, not mixed with the old results
+    eval_vlm.ablate(["xdp"], [576], str(world / "shapes"), out, **{**options, "steps2": 2})
+    assert "done before" not in capsys.readouterr().out and os.path.getmtime(weights) > mtime
