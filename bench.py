@@ -58,6 +58,7 @@ class BenchConfig:
     question_len: int = 40      # vlm: text tokens around the image (system prompt + question)
     gpu_gib: float = 80.0       # memory: the GPU's memory
     world: int = 1              # memory: processes (DDP adds its gradient buckets)
+    fsdp: bool = False          # memory: the processes shard weights, gradients and AdamW state (FSDP2)
     threads: int = 0            # torch threads; 0 = torch's default
 
 
@@ -227,12 +228,12 @@ def bench_memory(cfg):
     config = LMConfig.preset(cfg.preset)
     gpu = cfg.gpu_gib * 2**30
     for checkpointing in (False, True):
-        mb = largest_micro_batch(config, cfg.seq_len, gpu, checkpointing, cfg.world)
+        mb = largest_micro_batch(config, cfg.seq_len, gpu, checkpointing, cfg.world, fsdp=cfg.fsdp)
         if mb == 0:
             print(f"checkpointing {'on' if checkpointing else 'off'}: not one sequence of {cfg.seq_len} "
                   f"tokens fits in {cfg.gpu_gib:g} GiB\n")
             continue
-        print_plan(config, cfg.seq_len, mb, checkpointing, cfg.world, gpu)
+        print_plan(config, cfg.seq_len, mb, checkpointing, cfg.world, gpu, cfg.fsdp)
         print(f"  -> largest micro-batch: {mb}\n")
 
 

@@ -4,6 +4,7 @@ Pretrain Xmodel-LM from raw tokens.
     python train_lm.py                          # tiny model on the shapes world, CPU, ~3 minutes
     python train_lm.py --preset=xmodel-1.1b --corpus=/data/mytext --tokenizer=xmodel_32000.model
     torchrun --nproc_per_node=8 train_lm.py --preset=xmodel-1.1b ...   # DDP over 8 GPUs
+    torchrun --nproc_per_node=8 train_lm.py --preset=xmodel-1.1b --fsdp=true   # FSDP2: shards, less memory
     python train_lm.py --help                   # every setting, with its default and meaning
 
 With no arguments it makes what it needs: the shapes world's text corpus (data.py), a
@@ -17,8 +18,9 @@ trains the `tiny` preset. Output, under out_dir:
 
 The loop: AdamW (weight decay on 2-D weights only), linear warmup then cosine decay,
 gradient accumulation to reach the global batch, gradient clipping, bf16 autocast on CUDA,
-optional torch.compile, DDP under torchrun. Checkpoints are atomic and hold everything needed
-to continue exactly (model, optimizer, step, RNG; the data depends only on the step).
+optional torch.compile, DDP or FSDP2 under torchrun. Checkpoints are atomic and hold everything
+needed to continue exactly (model, optimizer, step, RNG; the data depends only on the step), whole
+and keyed by parameter name, so a run resumes under any number of processes, with or without FSDP.
 """
 
 import dataclasses
@@ -57,6 +59,8 @@ class TrainConfig:
     micro_batch: int = 16           # sequences per forward/backward per process; auto (= 0): the largest
                                     # that fits the GPU and divides the batch (plan_memory)
     checkpointing: bool = False     # activation checkpointing: recompute each block in backward (less memory)
+    fsdp: bool = False              # under torchrun: shard weights, gradients and AdamW state over the
+                                    # processes (FSDP2) instead of a full copy in each (DDP)
     max_steps: int = 400
     lr: float = 3e-3
     min_lr: float = 3e-4
@@ -194,16 +198,47 @@ def format_time(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def save_checkpoint(ckpt_dir, model, optimizer, step, config_dict, extra=None):
-    """Write model.safetensors + state.pt into a fresh folder, then swap it in with renames,
-    so a crash at any moment leaves either the old or the new checkpoint whole."""
+def distribute(model, blocks, world, fsdp, device):
+    """How the processes share the model; returns the module to call in training.
+    DDP (the default): every process holds all of it and backward averages the gradients.
+    FSDP2 (--fsdp): every process holds 1/world of each weight, gradient and AdamW moment; each
+    block gathers its weights (in bf16 on CUDA) just before it runs and frees them after, and
+    backward reduce-scatters the gradients. Sharding happens in place: call this before
+    building the optimizer."""
+    if world == 1:
+        return model
+    if not fsdp:
+        return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    on_gpu = str(device).startswith("cuda")
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if on_gpu else None, reduce_dtype=torch.float32)
+    for block in blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)  # the rest: embeddings, final norm, lm_head (and the VLM's tower, projector)
+    return model
+
+
+def scalar(x):
+    """A float from a tensor that FSDP may have made a DTensor (the gradient norm)."""
+    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
+
+
+def save_checkpoint(ckpt_dir, model, optimizer, step, config_dict, master, extra=None):
+    """Every process calls it (under FSDP they gather the shards); rank 0 writes whole, CPU
+    copies of the weights and the optimizer state, both keyed by parameter name, so the
+    checkpoint does not depend on the world size or on FSDP. Written into a fresh folder, then
+    swapped in with renames: a crash at any moment leaves the old or the new checkpoint whole."""
     from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    weights, optim = get_state_dict(model, optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not master:
+        return
     tmp, old = ckpt_dir + ".tmp", ckpt_dir + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, os.path.join(tmp, "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "config": config_dict,
+    save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(tmp, "model.safetensors"))
+    torch.save({"optimizer": optim, "step": step, "config": config_dict,
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 **(extra or {})}, os.path.join(tmp, "state.pt"))
@@ -212,6 +247,18 @@ def save_checkpoint(ckpt_dir, model, optimizer, step, config_dict, extra=None):
         os.replace(ckpt_dir, old)
     os.replace(tmp, ckpt_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def load_optimizer_state(model, optimizer, optim_state):
+    """Put a checkpoint's whole optimizer state into this run's optimizer (sharded or not)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
+
+
+def full_weights(model):
+    """The whole model's weights on the CPU (rank 0; every process calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_checkpoint(ckpt_dir):
@@ -304,22 +351,21 @@ def train(cfg, stop_at=None):
         load_checked(model, weights, source=ckpt_dir)
     model.to(device)
     model.checkpointing = cfg.checkpointing
-    optimizer = make_optimizer(model, cfg, device)
+    raw_model = model
+    model = distribute(model, model.model.layers, world, cfg.fsdp, device)
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = make_optimizer(raw_model, cfg, device)
     step = 0
     if state:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(raw_model, optimizer, state["optimizer"])
         step = state["step"]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if master:
             print(f"resumed from {ckpt_dir} at step {step}")
-
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+    fsdp = cfg.fsdp and world > 1
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                 else nullcontext())
 
@@ -329,7 +375,8 @@ def train(cfg, stop_at=None):
     flops_per_step = raw_model.flops_per_token(cfg.seq_len) * tokens_per_step
     peak = peak_flops(device)
     if master:
-        print(f"model: {raw_model.num_params() / 1e6:.1f}M parameters | {world} process(es) on {device} | "
+        sharing = f" ({'FSDP2' if fsdp else 'DDP'})" if world > 1 else ""
+        print(f"model: {raw_model.num_params() / 1e6:.1f}M parameters | {world} process(es){sharing} on {device} | "
               f"global batch {cfg.batch_size} x {cfg.seq_len} = {tokens_per_step} tokens | "
               f"grad accumulation {grad_accum}")
     metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
@@ -347,7 +394,9 @@ def train(cfg, stop_at=None):
             first = (micro * world + rank) * cfg.micro_batch
             x, y = train_data.batch(step, range(first, first + cfg.micro_batch))
             x, y = x.to(device), y.to(device)
-            sync = micro == grad_accum - 1 or world == 1
+            # DDP averages gradients on the last micro-step only; FSDP on every one (keeping
+            # just the shards between micro-steps, which is the memory it is there to save)
+            sync = micro == grad_accum - 1 or world == 1 or fsdp
             with autocast, (nullcontext() if sync else model.no_sync()):
                 _, loss = model(x, y)
                 (loss / grad_accum).backward()
@@ -359,7 +408,7 @@ def train(cfg, stop_at=None):
             raise SystemExit(f"loss is {loss_value} at step {step}: training diverged. The last good "
                              f"checkpoint is in {ckpt_dir}; try a lower --lr or a longer --warmup_steps, "
                              f"then --resume")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -379,16 +428,23 @@ def train(cfg, stop_at=None):
             metrics.flush()
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             val_loss = evaluate(model, val_data, cfg, rank, world, device, autocast)
+            # under FSDP every process takes part (the weights are gathered block by block); the
+            # sample's fixed seed makes them generate the same tokens in step
+            sample = generate_sample(raw_model, tok, cfg, device) if master or fsdp else None
             if master:
-                sample = generate_sample(raw_model, tok, cfg, device)
                 print(f"step {step} | val loss {val_loss:.4f} | sample: {sample!r}", flush=True)
                 metrics.write(json.dumps({"step": step, "val_loss": val_loss, "sample": sample}) + "\n")
                 metrics.flush()
-        if master and (step % cfg.ckpt_interval == 0 or step == cfg.max_steps or step == stop_at):
-            save_checkpoint(ckpt_dir, raw_model, optimizer, step, run_config)
+        if step % cfg.ckpt_interval == 0 or step == cfg.max_steps or step == stop_at:
+            save_checkpoint(ckpt_dir, raw_model, optimizer, step, run_config, master)
         if step == stop_at:
             break
 
+    if fsdp and step == cfg.max_steps:  # rank 0 carries on with a whole copy
+        weights = full_weights(raw_model)
+        raw_model = XmodelLM(raw_model.config).to(device) if master else raw_model
+        if master:
+            raw_model.load_state_dict(weights)
     if master and step == cfg.max_steps:
         export_dir = os.path.join(cfg.out_dir, "model")
         raw_model.save_hf(export_dir)
@@ -430,8 +486,11 @@ def count_params(config):
         return XmodelLM(config).num_params()
 
 
-def plan_memory(config, seq_len, micro_batch, checkpointing=False, world=1, n_params=None):
-    """Bytes one process needs to train `config` (an LMConfig) on micro_batch x seq_len tokens."""
+def plan_memory(config, seq_len, micro_batch, checkpointing=False, world=1, n_params=None, fsdp=False):
+    """Bytes one process needs to train `config` (an LMConfig) on micro_batch x seq_len tokens.
+    Under FSDP (world > 1) each process keeps 1/world of the weights, gradients and AdamW moments,
+    and whole bf16 weights only for the outer group (embeddings, lm_head: gathered for the whole
+    step) and two blocks (the one running and the next, prefetched)."""
     from model import LOSS_CHUNK
     n = n_params or count_params(config)
     c, tokens = config, seq_len * micro_batch
@@ -441,9 +500,17 @@ def plan_memory(config, seq_len, micro_batch, checkpointing=False, world=1, n_pa
     # input, output and 1/rms plus the loss chunks' bf16 inputs (12 per hidden unit + 4)
     shared = 8 * c.head_dim + 8 + 12 * c.n_embd + 4
     saved = c.n_layer * (4 * c.n_embd if checkpointing else layer)
-    return {"weights (fp32)": 4 * n, "bf16 weight copies": 2 * n, "gradients (fp32)": 4 * n,
-            "AdamW moments (fp32)": 8 * n, "DDP gradient buckets": 4 * n if world > 1 else 0,
-            "activations": tokens * (saved + shared),
+    if fsdp and world > 1:
+        block = (n - 2 * c.vocab_size * c.n_embd - c.n_embd) // c.n_layer
+        states = {"weights (fp32 shard)": 4 * n / world, "gradients (fp32 shard)": 4 * n / world,
+                  "AdamW moments (fp32 shard)": 8 * n / world,
+                  "gathered bf16 weights": 2 * (n - c.n_layer * block + 2 * block),
+                  # a block's bf16 gradients and their fp32 copy for the reduce-scatter
+                  "whole gradients of a block": 6 * block}
+    else:
+        states = {"weights (fp32)": 4 * n, "bf16 weight copies": 2 * n, "gradients (fp32)": 4 * n,
+                  "AdamW moments (fp32)": 8 * n, "DDP gradient buckets": 4 * n if world > 1 else 0}
+    return {**states, "activations": tokens * (saved + shared),
             "one block recomputed": tokens * layer if checkpointing else 0,
             # the chunked loss's backward: bf16 logits, fp32 copy, log-softmax and their gradients
             "logits (one loss chunk)": min(tokens, LOSS_CHUNK) * c.vocab_size * 18}
@@ -455,12 +522,12 @@ def reserved(gpu_bytes):
     return 2**30 + 0.08 * gpu_bytes
 
 
-def largest_micro_batch(config, seq_len, gpu_bytes, checkpointing=False, world=1, divides=None):
+def largest_micro_batch(config, seq_len, gpu_bytes, checkpointing=False, world=1, divides=None, fsdp=False):
     """The largest micro-batch whose plan fits in gpu_bytes - reserved() (and divides `divides`
     when given), or 0 if not even one sequence fits."""
     best, n = 0, count_params(config)
     for mb in range(1, 1025):
-        plan = plan_memory(config, seq_len, mb, checkpointing, world, n)
+        plan = plan_memory(config, seq_len, mb, checkpointing, world, n, fsdp)
         if sum(plan.values()) > gpu_bytes - reserved(gpu_bytes):
             break
         if divides is None or divides % mb == 0:
@@ -468,11 +535,11 @@ def largest_micro_batch(config, seq_len, gpu_bytes, checkpointing=False, world=1
     return best
 
 
-def print_plan(config, seq_len, micro_batch, checkpointing, world, gpu_bytes=None):
-    plan = plan_memory(config, seq_len, micro_batch, checkpointing, world)
+def print_plan(config, seq_len, micro_batch, checkpointing, world, gpu_bytes=None, fsdp=False):
+    plan = plan_memory(config, seq_len, micro_batch, checkpointing, world, fsdp=fsdp)
     total = sum(plan.values())
     print(f"memory plan: micro-batch {micro_batch} x {seq_len} tokens, activation checkpointing "
-          f"{'on' if checkpointing else 'off'}, {world} process(es)")
+          f"{'on' if checkpointing else 'off'}, {world} process(es){' sharded by FSDP' if fsdp and world > 1 else ''}")
     for part, size in plan.items():
         print(f"  {part:<26} {size / 2**30:8.2f} GiB")
     room = f" of {gpu_bytes / 2**30:.1f} GiB (reserving {reserved(gpu_bytes) / 2**30:.1f})" if gpu_bytes else ""
@@ -485,12 +552,12 @@ def auto_micro_batch(cfg, config, world, device, master):
     if not device.startswith("cuda"):
         return per_process
     gpu = torch.cuda.get_device_properties(device).total_memory
-    mb = largest_micro_batch(config, cfg.seq_len, gpu, cfg.checkpointing, world, divides=per_process)
+    mb = largest_micro_batch(config, cfg.seq_len, gpu, cfg.checkpointing, world, per_process, cfg.fsdp)
     if mb == 0:
         raise SystemExit(f"not one sequence of {cfg.seq_len} tokens fits in {gpu / 2**30:.0f} GiB "
                          f"with preset {cfg.preset}" + ("" if cfg.checkpointing else "; try --checkpointing=true"))
     if master:
-        print_plan(config, cfg.seq_len, mb, cfg.checkpointing, world, gpu)
+        print_plan(config, cfg.seq_len, mb, cfg.checkpointing, world, gpu, cfg.fsdp)
     return mb
 
 

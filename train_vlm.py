@@ -41,8 +41,8 @@ import torch.distributed as dist
 import data
 from model import XmodelLM, XmodelVLM, load_checked
 from tokenizer import load_tokenizer
-from train_lm import (format_time, load_checkpoint, lr_at, make_optimizer, parse_config,
-                      save_checkpoint, setup_distributed)
+from train_lm import (distribute, format_time, full_weights, load_checkpoint, load_optimizer_state, lr_at,
+                      make_optimizer, parse_config, save_checkpoint, scalar, setup_distributed)
 from vision import CLIPVisionTower, ImageProcessor
 from xdp import build_projector
 
@@ -69,6 +69,8 @@ class VLMConfig:
     steps2: int = 250               # 0 = one epoch (656 here); 250 keeps speedrun.sh within 15 minutes
     micro_batch: int = 16           # samples per forward/backward per process
     checkpointing: bool = False     # activation checkpointing of the LM's blocks (less memory, one more forward)
+    fsdp: bool = False              # stage 2 under torchrun: shard weights, gradients and AdamW state over
+                                    # the processes (FSDP2) instead of a full copy in each (DDP)
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -164,14 +166,16 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=list(step_batches(order, lengths, start_step, s.max_steps, s, cfg, rank, world)),
         num_workers=cfg.workers, collate_fn=lambda b: data.collate(b, tok.pad_id))
+    fsdp = cfg.fsdp and stage == 2 and world > 1  # stage 1 trains the small projector only: DDP
+    ddp = distribute(model, model.lm.model.layers, world, fsdp, device)
     optimizer = make_optimizer(model, s, device)
     if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        load_optimizer_state(model, optimizer, optimizer_state)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if master:
-        print(f"stage {stage} ({template}): {len(dataset)} samples, {s.max_steps} steps of {s.batch}, "
+        sharing = f", {world} processes ({'FSDP2' if fsdp else 'DDP'})" if world > 1 else ""
+        print(f"stage {stage} ({template}{sharing}): {len(dataset)} samples, {s.max_steps} steps of {s.batch}, "
               f"lr {s.lr}, {trainable / 1e6:.2f}M trainable parameters, {model.mm_projector.tokens} visual tokens")
     metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
     skipped, seen, batches = [], 0, iter(loader)
@@ -186,7 +190,7 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
             batch = next(batches)
             skipped += batch["skipped"]
             seen += len(batch["ids"]) + len(batch["skipped"])
-            sync = micro == s.grad_accum - 1 or world == 1
+            sync = micro == s.grad_accum - 1 or world == 1 or fsdp  # see train_lm.train
             with autocast, (nullcontext() if sync else ddp.no_sync()):
                 _, loss = ddp(**{k: batch[k].to(device) if torch.is_tensor(batch[k]) else batch[k]
                                  for k in ("input_ids", "lengths", "has_image", "pixels", "labels")})
@@ -197,7 +201,8 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
         loss_value = loss_sum.item() / s.grad_accum
         if not math.isfinite(loss_value):
             raise SystemExit(f"stage {stage}: loss is {loss_value} at step {step}; lower --lr{stage} and --resume")
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+        grad_norm = scalar(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                          cfg.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         check_skips(skipped, seen, stage, final=False)
@@ -212,9 +217,9 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
             metrics.write(json.dumps({"stage": stage, "step": done, "loss": loss_value, "lr": lr,
                                       "grad_norm": float(grad_norm), "samples_per_s": s.batch / dt}) + "\n")
             metrics.flush()
-        if master and (done % cfg.ckpt_interval == 0 or done in (s.max_steps, stop_at)):
+        if done % cfg.ckpt_interval == 0 or done in (s.max_steps, stop_at):
             save_checkpoint(os.path.join(cfg.out_dir, "ckpt"), model, optimizer, done,
-                            {"vlm": dataclasses.asdict(cfg)}, extra={"stage": stage})
+                            {"vlm": dataclasses.asdict(cfg)}, master, extra={"stage": stage})
         if done == stop_at:
             return False
     check_skips(skipped, seen, stage, final=True)
@@ -270,6 +275,11 @@ def main(cfg, stop_at=None):
                                stop_at[1] if stop_at and stop_at[0] == stage else None)
         if not finished:
             return model
+        if cfg.fsdp and stage == 2 and world > 1:  # rank 0 saves a whole copy
+            weights = full_weights(model)
+            model = XmodelVLM.load(stage1_dir, device=device) if master else model
+            if master:
+                model.load_state_dict(weights)
         if master:
             out = stage1_dir if stage == 1 else final_dir
             model.save(out)

@@ -87,31 +87,44 @@ def test_loss_decreases_and_metrics_are_logged(workdir):
     assert os.path.exists(root / "learn" / "model" / "model.safetensors")
 
 
-def test_ddp_two_processes_match_one_and_resume_across_world_sizes(workdir):
-    """Half a run in one process, resumed under torchrun --nproc_per_node=2 (gloo): the same
-    losses and final weights as one process all the way (the global batch of a step does not
-    depend on the number of processes, and the checkpoint holds no per-process state)."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one_and_resume_across_world_sizes(workdir, mode):
+    """20 steps in one process against the same 20 steps split across world sizes, with the
+    losses within 1e-5 at every step and the same final weights:
+      ddp:  steps 1-10 in one process, 11-20 resumed under torchrun --nproc_per_node=2 (gloo);
+      fsdp: steps 1-10 under torchrun with FSDP2, 11-20 resumed in one process.
+    A step's global batch does not depend on the number of processes, and a checkpoint holds
+    whole, name-keyed weights and optimizer state. The learning rate is constant so that a run
+    told to stop at step 10 follows the 20-step run's schedule."""
     root, corpus, tok = workdir
     args = ["--preset=tiny", f"--corpus={corpus}", f"--tokenizer={tok}", "--seq_len=32",
-            "--batch_size=8", "--micro_batch=2", "--max_steps=4", "--warmup_steps=1",
-            "--log_interval=1", "--eval_interval=100", "--ckpt_interval=100", "--device=cpu"]
+            "--batch_size=8", "--micro_batch=2", "--max_steps=20", "--warmup_steps=1", "--lr=1e-3",
+            "--min_lr=1e-3", "--log_interval=1", "--eval_interval=100", "--ckpt_interval=100", "--device=cpu"]
+    one = train_lm.train(parse_config(TrainConfig, args + [f"--out_dir={root / ('one-' + mode)}"]))
+    shards = f"--corpus={root / ('one-' + mode) / 'tokens'}"   # made by the first run: no two runs write them at once
+    out = f"--out_dir={root / mode}"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                os.path.join(ROOT, "train_lm.py"), *args, out, shards]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # shards first, so the two runs do not race to write them
-    one = train_lm.train(parse_config(TrainConfig, args + [f"--out_dir={root / 'one'}"]))
-    shards = f"--corpus={root / 'one' / 'tokens'}"
-    train_lm.train(parse_config(TrainConfig, args + [f"--out_dir={root / 'two'}", shards]), stop_at=2)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train_lm.py"), *args, f"--out_dir={root / 'two'}", shards, "--resume=true"]
-    run = subprocess.run(cmd, env=env, cwd=ROOT, timeout=300, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "at step 2" in run.stdout, run.stdout[-2000:]
-    losses = lambda out: [json.loads(l)["loss"] for l in open(root / out / "metrics.jsonl") if '"loss"' in l]
-    one_losses, two_losses = losses("one"), losses("two")
-    assert len(one_losses) == len(two_losses) == 4            # steps 3 and 4 by the two processes
-    assert max(abs(a - b) for a, b in zip(one_losses, two_losses)) < 1e-5
-    two = load_file(str(root / "two" / "model" / "model.safetensors"))
+    if mode == "ddp":
+        train_lm.train(parse_config(TrainConfig, args + [out, shards]), stop_at=10)
+        run = subprocess.run(torchrun + ["--resume=true"], env=env, cwd=ROOT, timeout=300, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "resumed from" in run.stdout and "at step 10" in run.stdout, run.stdout[-2000:]
+        assert "2 process(es) (DDP)" in run.stdout
+    else:
+        run = subprocess.run(torchrun + ["--fsdp=true", "--max_steps=10"], env=env, cwd=ROOT, timeout=300,
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "2 process(es) (FSDP2)" in run.stdout, run.stdout[-2000:]
+        train_lm.train(parse_config(TrainConfig, args + [out, shards, "--resume=true"]))
+    losses = lambda d: [json.loads(l)["loss"] for l in open(root / d / "metrics.jsonl") if '"loss"' in l]
+    one_losses, split_losses = losses("one-" + mode), losses(mode)
+    assert len(one_losses) == len(split_losses) == 20
+    assert max(abs(a - b) for a, b in zip(one_losses, split_losses)) < 1e-5
+    split = load_file(str(root / mode / "model" / "model.safetensors"))
     for k, v in one.state_dict().items():
-        assert torch.allclose(v, two[k], atol=1e-5), k
+        assert torch.allclose(v, split[k], atol=1e-5), k
 
 
 def test_missing_corpus_is_a_clear_error(tmp_path):
@@ -225,6 +238,27 @@ def test_memory_plan_matches_the_tensors_a_forward_saves(monkeypatch, checkpoint
         model.checkpointing = checkpointing
         measured = (saved_bytes(model, 96) - saved_bytes(model, 32)) / 64
         assert measured == train_lm.plan_memory(config, 1, 1, checkpointing)["activations"], shape
+
+
+def test_fsdp_plan_shards_the_states_and_gathers_two_blocks():
+    """Under FSDP a process keeps 1/world of the 16 bytes per parameter of weights, gradients and
+    AdamW moments; whole bf16 weights only for the outer group and two blocks (counted here on
+    the model itself, not the planner's formula); activations are not sharded."""
+    from model import LMConfig, XmodelLM
+    for preset in ("tiny", "xmodel-1.1b"):
+        config = LMConfig.preset(preset)
+        with torch.device("meta"):
+            model = XmodelLM(config)
+        n = model.num_params()
+        block = sum(p.numel() for p in model.model.layers[0].parameters())
+        outer = n - config.n_layer * block
+        ddp = train_lm.plan_memory(config, 512, 2, world=8)
+        fsdp = train_lm.plan_memory(config, 512, 2, world=8, fsdp=True)
+        states = [v for k, v in fsdp.items() if "shard" in k]
+        assert sum(states) == 16 * n / 8
+        assert fsdp["gathered bf16 weights"] == 2 * (outer + 2 * block)
+        assert fsdp["activations"] == ddp["activations"]
+        assert train_lm.plan_memory(config, 512, 2, world=1, fsdp=True) == train_lm.plan_memory(config, 512, 2)
 
 
 def test_largest_micro_batch_is_the_largest_that_fits():

@@ -355,22 +355,26 @@ def test_ablate_trains_each_setting_writes_the_table_and_resumes(world, capsys):
     assert "done before" not in capsys.readouterr().out and os.path.getmtime(weights) > mtime
 
 
-def test_resume_under_torchrun_with_two_processes_equals_one(world):
-    """Stopped in one process in stage 2, resumed by two (gloo): the same final model as one
-    process throughout. A step's global batch does not depend on the number of processes."""
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_resume_under_torchrun_with_two_processes_equals_one(world, fsdp):
+    """Stopped in one process in stage 2, resumed by two (gloo, DDP or FSDP2): the same final
+    model as one process throughout. A step's global batch does not depend on the number of
+    processes, and checkpoints hold whole weights and optimizer state keyed by name."""
     import subprocess
     import sys
     kw = dict(steps1=2, steps2=4, ckpt_interval=2)
-    straight = train_vlm.main(vlm_config(world, "w1", **kw))
-    train_vlm.main(vlm_config(world, "w2", **kw), stop_at=(2, 2))
-    cfg = vlm_config(world, "w2", **kw, stage="2", resume=True)
+    out = f"w2-{'fsdp' if fsdp else 'ddp'}"
+    straight = train_vlm.main(vlm_config(world, "w1-" + out, **kw))
+    train_vlm.main(vlm_config(world, out, **kw), stop_at=(2, 2))
+    cfg = vlm_config(world, out, **kw, stage="2", resume=True, fsdp=fsdp)
     args = [f"--{k}={v}" for k, v in vars(cfg).items()]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           os.path.join(root, "train_vlm.py"), *args], cwd=root, timeout=300, capture_output=True,
                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
+    assert f"2 processes ({'FSDP2' if fsdp else 'DDP'})" in run.stdout, run.stdout[-2000:]
     assert "resumed stage 2 at step 2" in run.stdout
-    resumed = XmodelVLM.load(str(world / "w2" / "model"))
+    resumed = XmodelVLM.load(str(world / out / "model"))
     for k, v in straight.state_dict().items():
         assert torch.allclose(v, resumed.state_dict()[k], atol=1e-5), k
