@@ -223,7 +223,7 @@ def scalar(x):
     return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
 
 
-def save_checkpoint(ckpt_dir, model, optimizer, step, config_dict, master, extra=None):
+def save_checkpoint(ckpt_dir, model, optimizer, step, config_dict, master=True, extra=None):
     """Every process calls it (under FSDP they gather the shards); rank 0 writes whole, CPU
     copies of the weights and the optimizer state, both keyed by parameter name, so the
     checkpoint does not depend on the world size or on FSDP. Written into a fresh folder, then
