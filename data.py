@@ -947,7 +947,7 @@ class TokenLoader:
     with a different number of processes, sees exactly the same global batch. A process
     (rank) reads only its own sequences."""
 
-    def __init__(self, shard_dir, split, seq_len, seed=0):
+    def __init__(self, shard_dir, split, seq_len, seed=0, doc_start=None):
         paths = sorted(glob.glob(os.path.join(shard_dir, f"{split}_*.bin")))
         if not paths:
             raise FileNotFoundError(f"no {split}_*.bin shards in {shard_dir}; make them with "
@@ -958,12 +958,26 @@ class TokenLoader:
         if (sizes < 0).all():
             raise ValueError(f"the {split} shards in {shard_dir} hold fewer than seq_len+1 = "
                              f"{seq_len + 1} tokens; use a shorter --seq_len or more text")
+        # doc_start (the BOS id): windows begin where a document begins, so a question in a
+        # window always has the text it asks about before it (a random cut often drops it)
+        self.starts = None
+        if doc_start is not None:
+            self.starts = [np.flatnonzero(np.asarray(s) == doc_start) for s in self.shards]
+            self.starts = [st[st <= len(s) - seq_len - 1] for st, s in zip(self.starts, self.shards)]
+            sizes = np.array([len(st) for st in self.starts])
+            if not sizes.any():
+                raise ValueError(f"no document in the {split} shards in {shard_dir} starts {seq_len + 1} "
+                                 f"tokens before the end; use a shorter --seq_len or more text")
         self.weights = np.clip(sizes, 0, None) / np.clip(sizes, 0, None).sum()
 
     def sequence(self, step, i):
         rng = np.random.default_rng([self.seed, step, i])
-        shard = self.shards[rng.choice(len(self.shards), p=self.weights)]
-        start = int(rng.integers(0, len(shard) - self.seq_len - 1 + 1))
+        k = rng.choice(len(self.shards), p=self.weights)
+        shard = self.shards[k]
+        if self.starts is None:
+            start = int(rng.integers(0, len(shard) - self.seq_len - 1 + 1))
+        else:
+            start = int(self.starts[k][rng.integers(0, len(self.starts[k]))])
         return np.asarray(shard[start:start + self.seq_len + 1], dtype=np.int64)
 
     def batch(self, step, indices):

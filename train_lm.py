@@ -54,6 +54,7 @@ class TrainConfig:
                                     # world's ~190 distinct words unigram stops at 433 pieces and spells
                                     # "USER:" letter by letter; bpe reaches 1000 pieces, 1.6x fewer tokens
     seq_len: int = 128              # tokens per training sequence
+    align_docs: bool = True         # every sequence starts at a document's <s> (else at a random token)
     # --- optimisation (the paper: 6e-4 -> 6e-5 cosine, 2000 warmup, wd 0.1, clip 1.0) ---
     batch_size: int = 16            # global batch, in sequences (all processes, all micro-steps)
     micro_batch: int = 16           # sequences per forward/backward per process; auto (= 0): the largest
@@ -369,8 +370,8 @@ def train(cfg, stop_at=None):
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                 else nullcontext())
 
-    train_data = data_loader(shard_dir, "train", cfg)
-    val_data = data_loader(shard_dir, "val", cfg, missing_ok=True) or train_data
+    train_data = data_loader(shard_dir, "train", cfg, tok.bos_id)
+    val_data = data_loader(shard_dir, "val", cfg, tok.bos_id, missing_ok=True) or train_data
     tokens_per_step = cfg.batch_size * cfg.seq_len
     flops_per_step = raw_model.flops_per_token(cfg.seq_len) * tokens_per_step
     peak = peak_flops(device)
@@ -586,10 +587,11 @@ def reading_check(model, tok, scenes_path, device, n=300):
     return accuracy
 
 
-def data_loader(shard_dir, split, cfg, missing_ok=False):
+def data_loader(shard_dir, split, cfg, bos_id, missing_ok=False):
     import data
     try:
-        return data.TokenLoader(shard_dir, split, cfg.seq_len, seed=cfg.seed if split == "train" else cfg.seed + 1)
+        return data.TokenLoader(shard_dir, split, cfg.seq_len, seed=cfg.seed if split == "train" else cfg.seed + 1,
+                                doc_start=bos_id if cfg.align_docs else None)
     except FileNotFoundError:
         if missing_ok:
             return None

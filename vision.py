@@ -415,6 +415,56 @@ class TinyCLIP(nn.Module):
         return logits, (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def cell_windows(features, grid):
+    """(N, grid*grid, C) patch features -> (N, 9, k*k*C): for each cell of the shapes world's
+    3x3 layout, the k x k patches over it (k = ceil(grid/3); on 8x8 rows 0-2, 2-4 and 5-7)."""
+    N, _, C = features.shape
+    k = math.ceil(grid / 3)
+    x = features.reshape(N, grid, grid, C)
+    corners = [min(i * grid // 3, grid - k) for i in range(3)]
+    return torch.stack([x[:, r:r + k, c:c + k].reshape(N, -1) for r in corners for c in corners], 1)
+
+
+def probe_cells(tower, root, n_train=4000, steps=600, seed=0):
+    """What a frozen tower's features hold about each object of a scene: a small MLP probe
+    reads the object's colour, shape and size from the patches over its cell, trained on
+    objects of `n_train` training scenes and scored on the held-out test scenes. A VLM cannot
+    answer about what these features do not hold. Returns {attribute: accuracy}."""
+    import data
+    attributes = {"colour": list(data.COLOURS), "shape": data.SHAPES, "size": data.SIZES}
+    proc = ImageProcessor(tower.config.image_size)
+
+    def objects(split, n):
+        with open(os.path.join(root, f"scenes_{split}.jsonl"), encoding="utf-8") as f:
+            scenes = [json.loads(line) for _, line in zip(range(n), f)]
+        pixels = proc.normalize(torch.stack([proc.to_uint8(os.path.join(root, s["image"])) for s in scenes]))
+        with torch.no_grad():
+            cells = cell_windows(torch.cat([tower(p) for p in pixels.split(256)]), tower.grid)  # (N, 9, D)
+        found = [(i, o) for i, s in enumerate(scenes) for o in s["objects"]]
+        x = torch.stack([cells[i, 3 * o["row"] + o["col"]] for i, o in found])             # (objects, D)
+        return x, {a: torch.tensor([v.index(o[a]) for _, o in found]) for a, v in attributes.items()}
+
+    x, y = objects("train", n_train)
+    x_test, y_test = objects("test", n_train)
+    mean, std = x.mean(0), x.std(0) + 1e-5
+    x, x_test = (x - mean) / std, (x_test - mean) / std
+    g = torch.Generator().manual_seed(seed)
+    accuracy = {}
+    for a, values in attributes.items():
+        torch.manual_seed(seed)
+        probe = nn.Sequential(nn.Linear(x.shape[1], 256), nn.GELU(), nn.Linear(256, len(values)))
+        optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=0.05)
+        for _ in range(steps):
+            b = torch.randint(len(x), (512,), generator=g)
+            loss = F.cross_entropy(probe(x[b]), y[a][b])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracy[a] = (probe(x_test).argmax(1) == y_test[a]).float().mean().item()
+    return accuracy
+
+
 @dataclass
 class CLIPTrainConfig:
     # --- data ---
@@ -440,6 +490,7 @@ class CLIPTrainConfig:
     eval_group: int = 32            # held-out retrieval: the image's caption among this many...
     eval_groups: int = 50           # ...in this many random groups, averaged
     eval_interval: int = 100        # steps between held-out evaluations (and at the end)
+    probe: bool = True              # at the end: what the features hold about each object (probe_cells)
     log_interval: int = 25
     seed: int = 1337
     out_dir: str = "out/clip_tiny"  # the vision tower (HF CLIPVisionModel format) + ckpt/
@@ -556,6 +607,11 @@ def train(cfg):
                     {"train": dataclasses.asdict(cfg), "vision": dataclasses.asdict(vcfg),
                      "text": dataclasses.asdict(tcfg)}, extra={"vocab": tok.itos})
     model.vision.save_hf(cfg.out_dir)
+    if cfg.probe:
+        model.eval()
+        probe = probe_cells(model.vision, cfg.data)
+        print("what the tower's features hold (an MLP probe on the patches over each held-out object): " +
+              ", ".join(f"{a} {v:.1%}" for a, v in probe.items()), flush=True)
     wall = time.time() - t0
     print(f"done in {format_time(wall)} ({wall:.0f} s, {(time.process_time() - cpu0) / wall:.2f} "
           f"cores busy on average, load average {os.getloadavg()[0]:.2f} at the end): held-out "

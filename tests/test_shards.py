@@ -90,6 +90,29 @@ def test_loader_windows_depend_only_on_seed_step_index(tmp_path):
     assert not np.array_equal(x3, x)
 
 
+def test_token_loader_aligns_windows_to_documents(tmp_path):
+    # documents: <s> (= 1) and 3-40 tokens; a window may start only at an <s>
+    rng = np.random.default_rng(0)
+    docs = [np.concatenate([[1], rng.integers(10, 99, n)]) for n in rng.integers(3, 40, 300)]
+    tokens = np.concatenate([[50]] + docs)  # the shard begins mid-document
+    data.write_shard(str(tmp_path / "train_000000.bin"), tokens)
+    starts = set(np.flatnonzero(tokens == 1).tolist())
+    loader = data.TokenLoader(str(tmp_path), "train", seq_len=32, seed=5, doc_start=1)
+    x, y = loader.batch(step=3, indices=range(64))
+    assert (x[:, 0] == 1).all() and np.array_equal(x[:, 1:], y[:, :-1])
+    first = {int(loader.sequence(3, i)[0]) for i in range(64)}
+    assert first == {1}
+    # every window is a contiguous slice of the shard that begins at a document start
+    for row in loader.batch(step=4, indices=range(16))[0].numpy():
+        hits = [s for s in starts if np.array_equal(tokens[s:s + 32], row)]
+        assert hits, "a window is not a slice starting at a document's <s>"
+    # random starts (doc_start=None) mostly begin inside a document
+    plain = data.TokenLoader(str(tmp_path), "train", seq_len=32, seed=5)
+    assert (plain.batch(step=3, indices=range(64))[0][:, 0] != 1).float().mean() > 0.5
+    with pytest.raises(ValueError, match="no document"):
+        data.TokenLoader(str(tmp_path), "train", seq_len=len(tokens) - 1, seed=5, doc_start=1)
+
+
 def test_missing_input_and_empty_corpus(tmp_path, tok):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data.tokenize_corpus([str(tmp_path / "nope")], tok.path, str(tmp_path / "out"))
