@@ -959,11 +959,16 @@ class TokenLoader:
             raise ValueError(f"the {split} shards in {shard_dir} hold fewer than seq_len+1 = "
                              f"{seq_len + 1} tokens; use a shorter --seq_len or more text")
         # doc_start (the BOS id): windows begin where a document begins, so a question in a
-        # window always has the text it asks about before it (a random cut often drops it)
-        self.starts = None
+        # window always has the text it asks about before it (a random cut often drops it). The
+        # price: a document's tokens past its first window are never read; `coverage` says how
+        # many tokens some window reaches (1.0 without doc_start).
+        self.starts, self.coverage = None, 1.0
         if doc_start is not None:
             self.starts = [np.flatnonzero(np.asarray(s) == doc_start) for s in self.shards]
             self.starts = [st[st <= len(s) - seq_len - 1] for st, s in zip(self.starts, self.shards)]
+            reached = sum(np.minimum(np.diff(st, append=len(s)), seq_len + 1).sum()
+                          for st, s in zip(self.starts, self.shards))
+            self.coverage = reached / sum(len(s) for s in self.shards)
             sizes = np.array([len(st) for st in self.starts])
             if not sizes.any():
                 raise ValueError(f"no document in the {split} shards in {shard_dir} starts {seq_len + 1} "

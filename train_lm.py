@@ -54,7 +54,8 @@ class TrainConfig:
                                     # world's ~190 distinct words unigram stops at 433 pieces and spells
                                     # "USER:" letter by letter; bpe reaches 1000 pieces, 1.6x fewer tokens
     seq_len: int = 128              # tokens per training sequence
-    align_docs: bool = True         # every sequence starts at a document's <s> (else at a random token)
+    align_docs: bool = True         # every sequence starts at a document's <s> (else at a random token);
+                                    # the text of a document past its first sequence is then never read
     # --- optimisation (the paper: 6e-4 -> 6e-5 cosine, 2000 warmup, wd 0.1, clip 1.0) ---
     batch_size: int = 16            # global batch, in sequences (all processes, all micro-steps)
     micro_batch: int = 16           # sequences per forward/backward per process; auto (= 0): the largest
@@ -93,6 +94,7 @@ TRAIN_PRESETS = {
         corpus="", tokenizer="", vocab_size=32000, sp_model="unigram", seq_len=4096,
         batch_size=864, micro_batch=4,        # 864 x 4096 = 3.5M tokens per step
         max_steps=200_000, lr=6e-4, min_lr=6e-5, warmup_steps=2000, compile=True,
+        align_docs=False,                     # web documents and books run past a 4096-token window
         log_interval=10, eval_interval=1000, eval_batches=20, ckpt_interval=1000, sample_tokens=64),
     "small": dict(vocab_size=8000, seq_len=1024, batch_size=64, micro_batch=16, max_steps=5000,
                   lr=1e-3, min_lr=1e-4, warmup_steps=200),
@@ -371,6 +373,9 @@ def train(cfg, stop_at=None):
                 else nullcontext())
 
     train_data = data_loader(shard_dir, "train", cfg, tok.bos_id)
+    if master and train_data.coverage < 0.99:
+        print(f"note: sequences start at documents (--align_docs), so they reach only "
+              f"{train_data.coverage:.1%} of the training tokens; --align_docs=false reads all of long documents")
     val_data = data_loader(shard_dir, "val", cfg, tok.bos_id, missing_ok=True) or train_data
     tokens_per_step = cfg.batch_size * cfg.seq_len
     flops_per_step = raw_model.flops_per_token(cfg.seq_len) * tokens_per_step

@@ -111,6 +111,13 @@ def test_token_loader_aligns_windows_to_documents(tmp_path):
     assert (plain.batch(step=3, indices=range(64))[0][:, 0] != 1).float().mean() > 0.5
     with pytest.raises(ValueError, match="no document"):
         data.TokenLoader(str(tmp_path), "train", seq_len=len(tokens) - 1, seed=5, doc_start=1)
+    # what aligned windows never reach (the tails of documents longer than 33 tokens) is counted
+    reached = np.zeros(len(tokens), bool)
+    for s in starts:
+        if s + 33 <= len(tokens):
+            reached[s:s + 33] = True
+    assert loader.coverage == pytest.approx(reached.mean()) and loader.coverage < 1
+    assert plain.coverage == 1.0
 
 
 def test_missing_input_and_empty_corpus(tmp_path, tok):
