@@ -137,6 +137,13 @@ def stage_settings(cfg, stage, n_samples, world):
                            beta1=0.9, beta2=0.999, eps=1e-8)
 
 
+def sample_order(n, total, seed):
+    """The order in which a stage reads its n samples: a new shuffle for each epoch, as many
+    epochs as `total` samples need (more steps than one epoch reads each sample again)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.permutation(n) for _ in range(-(-total // n))])
+
+
 def step_batches(order, lengths, start, steps, s, cfg, rank, world):
     """This process's micro-batches (lists of sample indices), step by step from `start`: the
     same global batch at a step whatever the number of processes, so resume is exact. Within a
@@ -161,7 +168,7 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     dataset = data.LLaVADataset(json_path, files.images, tok, template, processor,
                                 model.mm_projector.tokens, cfg.max_len)
     s = stage_settings(cfg, stage, len(dataset), world)
-    order = np.random.default_rng([cfg.seed, stage]).permutation(len(dataset))
+    order = sample_order(len(dataset), s.max_steps * s.batch, [cfg.seed, stage])
     lengths = np.array([len(json.dumps(sample)) for sample in dataset.samples])  # characters: a proxy for tokens
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=list(step_batches(order, lengths, start_step, s.max_steps, s, cfg, rank, world)),
