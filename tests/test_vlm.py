@@ -2,7 +2,9 @@
 
 import json
 import os
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -381,12 +383,11 @@ def test_resume_under_torchrun_with_two_processes_equals_one(world, fsdp):
 
 
 def test_more_steps_than_an_epoch_reshuffle_instead_of_running_out():
-    import numpy as np
     order = train_vlm.sample_order(10, 25, [1337, 2])
     assert len(order) == 30                                                     # three epochs of 10
     assert all(sorted(order[e * 10:(e + 1) * 10]) == list(range(10)) for e in range(3))
     assert (order[:10] == np.random.default_rng([1337, 2]).permutation(10)).all()  # epoch 1 as before
-    s = train_vlm.SimpleNamespace(batch=4, grad_accum=2)
+    s = SimpleNamespace(batch=4, grad_accum=2)
     cfg = VLMConfig(micro_batch=2)
     batches = list(train_vlm.step_batches(order, np.zeros(10), 0, 6, s, cfg, 0, 1))  # 24 samples > 10
     assert len(batches) == 12 and all(len(b) == 2 for b in batches)
