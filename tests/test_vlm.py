@@ -268,13 +268,16 @@ def test_vlm_learns_to_read_the_image():
     colours = {"red": (1.5, -1.5, -1.5), "green": (-1.5, 1.5, -1.5), "blue": (-1.5, -1.5, 1.5)}
     question = [{"from": "human", "value": "<image>\nColour?"}]
 
-    def batch(names):
+    def samples(names):
         items = []
         for i, c in enumerate(names):
             ids, labels = data.build_sample(question + [{"from": "gpt", "value": c}], tok, "vicuna_v1")
             pixels = torch.tensor(colours[c]).view(3, 1, 1).expand(3, 32, 32).clone()
             items.append({"id": i, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels})
-        return data.collate(items, tok.pad_id)
+        return items
+
+    def batch(names):
+        return data.collate(samples(names), tok.pad_id)
 
     opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=3e-3)
     names = list(colours) * 4
@@ -291,6 +294,30 @@ def test_vlm_learns_to_read_the_image():
     answers = [tok.decode(row[:row.tolist().index(tok.eos_id)].tolist() if tok.eos_id in row else row.tolist()).strip()
                for row in out]
     assert answers == test
+    # image_use: the answers now hang on the image, so another sample's image (another colour) costs a lot
+    own, other = train_vlm.image_use(vlm, samples(test), tok.pad_id, "cpu", micro_batch=3)
+    assert other > 10 * own
+
+
+def test_image_use_finds_no_difference_when_the_visual_tokens_ignore_the_image():
+    tok = CharTokenizer()
+    items = []
+    for i, c in enumerate(["red", "green", "blue"]):
+        ids, labels = data.build_sample([{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": c}],
+                                        tok, "vicuna_v1")
+        items.append({"id": i, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+                      "pixels": torch.randn(3, 32, 32)})
+    ids, labels = data.build_sample([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "yo"}], tok, "vicuna_v1")
+    items.append({"id": "text", "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": None})
+    vlm = tiny_vlm()
+    own, other = train_vlm.image_use(vlm, items, tok.pad_id, "cpu", micro_batch=2)
+    assert abs(own - other) > 1e-4 and vlm.training      # a random projector passes the image on; mode restored
+    with torch.no_grad():
+        vlm.mm_projector.mlp[-1].weight.zero_()              # every image -> the same visual tokens
+    own, other = train_vlm.image_use(vlm, items, tok.pad_id, "cpu", micro_batch=2)
+    assert own == pytest.approx(other, rel=1e-6)
+    with pytest.raises(ValueError, match="at least two"):
+        train_vlm.image_use(vlm, items[:1] + items[3:], tok.pad_id, "cpu")
 
 
 def test_chat_answers_from_a_saved_vlm_and_explains_a_missing_checkpoint(world, tmp_path):
