@@ -233,12 +233,15 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
             return False
     check_skips(skipped, seen, stage, final=True)
     # every process runs it (under FSDP the forward needs them all); the first reports it
-    own, other = image_use(ddp, [dataset[i] for i in range(min(cfg.image_check, len(dataset)))], tok.pad_id,
-                           device, cfg.micro_batch, autocast) if cfg.image_check else (None, None)
-    if master and own is not None:
-        print(f"stage {stage} image use: loss {own:.4f} on {cfg.image_check} training samples with their own "
-              f"images, {other:.4f} with another sample's ({100 * (other / own - 1):+.1f}%)")
-        metrics.write(json.dumps({"stage": stage, "image_use": {"own": own, "other": other}}) + "\n")
+    use = image_use(ddp, [dataset[i] for i in range(min(cfg.image_check, len(dataset)))], tok.pad_id,
+                    device, cfg.micro_batch, autocast) if cfg.image_check else None
+    if master and cfg.image_check and use is None:
+        print(f"stage {stage} image use: not measured, fewer than two of the first {cfg.image_check} samples "
+              f"have a usable image")
+    elif master and use:
+        print(f"stage {stage} image use: loss {use['own']:.4f} on {use['samples']} training samples with their "
+              f"own images, {use['other']:.4f} with another sample's ({100 * (use['other'] / use['own'] - 1):+.1f}%)")
+        metrics.write(json.dumps({"stage": stage, "image_use": use}) + "\n")
     if metrics:
         metrics.close()
     return True
@@ -247,11 +250,12 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
 def image_use(model, items, pad_id, device, micro_batch=16, autocast=nullcontext()):
     """How much the model's predictions lean on the image: its loss on `items` (dataset samples
     with an image) as they are, and with each sample given the next sample's image instead.
-    Returns (own, other). Close values mean the visual tokens carry little that the LM uses
-    (after stage 1 on the shapes world the gap is a few percent: the frozen LM cannot read them)."""
+    Returns {"own", "other", "samples"}, or None with fewer than two such samples (skipped and
+    text-only items are left out). Close values mean the visual tokens carry little that the LM
+    uses (after stage 1 on the shapes world the gap is a few percent: the frozen LM cannot read them)."""
     items = [it for it in items if "skip" not in it and it["pixels"] is not None]
     if len(items) < 2:
-        raise ValueError("image_use needs at least two samples with an image")
+        return None
     swapped = [{**it, "pixels": items[(i + 1) % len(items)]["pixels"]} for i, it in enumerate(items)]
     was_training = model.training
     model.eval()
@@ -267,7 +271,7 @@ def image_use(model, items, pad_id, device, micro_batch=16, autocast=nullcontext
                 total, weight = total + loss.item() * n, weight + n
             losses.append(total / weight)
     model.train(was_training)
-    return tuple(losses)
+    return {"own": losses[0], "other": losses[1], "samples": len(items)}
 
 
 def check_skips(skipped, seen, stage, final):

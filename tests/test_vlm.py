@@ -295,8 +295,8 @@ def test_vlm_learns_to_read_the_image():
                for row in out]
     assert answers == test
     # image_use: the answers now hang on the image, so another sample's image (another colour) costs a lot
-    own, other = train_vlm.image_use(vlm, samples(test), tok.pad_id, "cpu", micro_batch=3)
-    assert other > 10 * own
+    use = train_vlm.image_use(vlm, samples(test), tok.pad_id, "cpu", micro_batch=3)
+    assert use["other"] > 10 * use["own"] and use["samples"] == 4
 
 
 def test_image_use_finds_no_difference_when_the_visual_tokens_ignore_the_image():
@@ -310,14 +310,14 @@ def test_image_use_finds_no_difference_when_the_visual_tokens_ignore_the_image()
     ids, labels = data.build_sample([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "yo"}], tok, "vicuna_v1")
     items.append({"id": "text", "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": None})
     vlm = tiny_vlm()
-    own, other = train_vlm.image_use(vlm, items, tok.pad_id, "cpu", micro_batch=2)
-    assert abs(own - other) > 1e-4 and vlm.training      # a random projector passes the image on; mode restored
+    use = train_vlm.image_use(vlm, items, tok.pad_id, "cpu", micro_batch=2)
+    assert use["samples"] == 3 and vlm.training              # the text-only sample left out; mode restored
+    assert abs(use["own"] - use["other"]) > 1e-4             # a random projector passes the image on
     with torch.no_grad():
         vlm.mm_projector.mlp[-1].weight.zero_()              # every image -> the same visual tokens
-    own, other = train_vlm.image_use(vlm, items, tok.pad_id, "cpu", micro_batch=2)
-    assert own == pytest.approx(other, rel=1e-6)
-    with pytest.raises(ValueError, match="at least two"):
-        train_vlm.image_use(vlm, items[:1] + items[3:], tok.pad_id, "cpu")
+    use = train_vlm.image_use(vlm, items, tok.pad_id, "cpu", micro_batch=2)
+    assert use["own"] == pytest.approx(use["other"], rel=1e-6)
+    assert train_vlm.image_use(vlm, items[:1] + items[3:], tok.pad_id, "cpu") is None  # one image: nothing to swap
 
 
 def test_chat_answers_from_a_saved_vlm_and_explains_a_missing_checkpoint(world, tmp_path):
