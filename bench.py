@@ -37,12 +37,19 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from common import parse_config, peak_flops
+from data import IMAGE_TOKEN_INDEX
+from kernels.bench import bench_kernels
 from model import LMConfig, XmodelLM
-from train_lm import parse_config
+from train_lm import largest_micro_batch, plan_memory, print_plan
+from vision import CLIPVisionTower, VisionConfig
+from vlm import XmodelVLM
+from xdp import build_projector, grid_tokens
 
 
 @dataclass
@@ -90,7 +97,7 @@ def compare(name, ours, theirs, repeats, sync, unit_count=None, unit=""):
 
 
 def bench_lm(cfg):
-    import transformers
+    import transformers  # only this measurement needs it (requirements-test.txt)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
@@ -145,10 +152,6 @@ def bench_lm(cfg):
 def bench_vlm(cfg):
     """Time to first token: tower + projector, then the LM's prefill of image + text, then one
     token; for each visual-token count. One row per count, the ratio against the full grid."""
-    from eval_vlm import grid_tokens
-    from model import IMAGE_TOKEN_INDEX, XmodelVLM
-    from vision import CLIPVisionTower, VisionConfig
-    from xdp import build_projector
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -178,8 +181,6 @@ def bench_vlm(cfg):
 
 
 def bench_train(cfg):
-    from contextlib import nullcontext
-    from train_lm import peak_flops, plan_memory
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
@@ -224,7 +225,6 @@ def bench_decode(cfg):
 
 
 def bench_memory(cfg):
-    from train_lm import largest_micro_batch, print_plan
     config = LMConfig.preset(cfg.preset)
     gpu = cfg.gpu_gib * 2**30
     for checkpointing in (False, True):
@@ -238,7 +238,6 @@ def bench_memory(cfg):
 
 
 if __name__ == "__main__":
-    from kernels.bench import bench_kernels
     modes = {"lm": bench_lm, "kernels": bench_kernels, "vlm": bench_vlm, "memory": bench_memory,
              "train": bench_train, "decode": bench_decode}
     if len(sys.argv) < 2 or sys.argv[1] not in modes:

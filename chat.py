@@ -19,17 +19,8 @@ import sys
 import torch
 
 from data import build_sample
-from model import XmodelLM, XmodelVLM, read_json
-from tokenizer import load_tokenizer
-from train_vlm import find_tokenizer
-
-
-def load(ckpt, device):
-    """A VLM directory (its config has mm_projector_type) or an LM one, and its tokenizer."""
-    config = read_json(os.path.join(ckpt, "config.json"))
-    is_vlm = "mm_projector_type" in config
-    model = XmodelVLM.load(ckpt, device=device) if is_vlm else XmodelLM.from_hf(ckpt, device=device)
-    return model.eval(), load_tokenizer(find_tokenizer(ckpt)), is_vlm
+from vision import ImageProcessor
+from vlm import load
 
 
 def stream_answer(model, tok, is_vlm, turns, pixels, args):
@@ -67,12 +58,14 @@ def main():
     if not os.path.isdir(args.ckpt):
         sys.exit(f"--ckpt {args.ckpt} is not a directory: train one with `python train_vlm.py` "
                  f"(or `python train_lm.py` for a text-only model, then --ckpt out/lm/model)")
-    model, tok, is_vlm = load(args.ckpt, args.device)
+    try:
+        model, tok, is_vlm = load(args.ckpt, args.device)
+    except FileNotFoundError as e:  # no config.json, weights or tokenizer file in the directory
+        sys.exit(f"chat.py: error: {e}")
     pixels = None
     if args.image:
         if not is_vlm:
             sys.exit(f"{args.ckpt} is a language model without a vision tower; drop --image")
-        from vision import ImageProcessor
         pixels = ImageProcessor(model.vision_tower.config.image_size)(args.image)[None].to(args.device)
 
     turns = []

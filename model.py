@@ -20,7 +20,6 @@ is the token that should follow `idx[b, t]` (already shifted, as in nanoGPT); -1
 positions without loss. The loss is computed in chunks, so training never holds all the logits.
 """
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import kernels  # Triton flash attention, used on CUDA (XMODEL_KERNELS=torch|triton forces a path)
+from common import load_checked, load_hf_state_dict, read_json, save_hf_dir, tensor_dtype
 
 IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's and LLaVA's convention)
 
@@ -389,15 +389,8 @@ class XmodelLM(nn.Module):
 
     def save_hf(self, path):
         """Write config.json and model.safetensors that transformers' LlamaForCausalLM loads."""
-        from safetensors.torch import save_file
-        os.makedirs(path, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
-        atomic_write(os.path.join(path, "model.safetensors"),
-                     lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        config = config_to_hf(self.config, dtype)
-        atomic_write(os.path.join(path, "config.json"),
-                     lambda tmp: open(tmp, "w").write(json.dumps(config, indent=2)))
+        state = self.state_dict()
+        save_hf_dir(path, state, config_to_hf(self.config, tensor_dtype(state)))
 
 
 def left_pad(prompts, pad_id, device):
@@ -435,32 +428,7 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None):
 
 
 # -----------------------------------------------------------------------------
-# Hugging Face config and weight files
-
-def load_checked(module, state, source):
-    """module.load_state_dict(state) that names every missing, unexpected or mis-shaped key
-    (for any module: the LM, a CLIP tower, a projector, a whole VLM)."""
-    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        lines = [f"checkpoint {source} does not match this model's config:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:8])}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
-        if shapes:
-            lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes[:8]))
-        lines.append("  (is the config.json the one saved with these weights?)")
-        raise ValueError("\n".join(lines))
-    # a model built on the meta device has no storage yet: take the checkpoint's tensors
-    # as they are; otherwise copy into the existing parameters (an optimizer holds them)
-    module.load_state_dict(state, assign=any(p.is_meta for p in module.parameters()))
-
-
+# Hugging Face config (the weight files: common.py)
 
 def config_from_hf(hf):
     """Map a HF LlamaConfig (or XModelConfig) dict onto LMConfig, refusing what we don't model."""
@@ -489,200 +457,3 @@ def config_to_hf(c, dtype="float32"):
         "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
         "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": dtype,
     }
-
-
-def read_json(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: expected a Hugging Face model directory "
-                                f"with config.json next to the weights")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
-
-
-def load_hf_state_dict(path):
-    """Read every weight file of a HF directory into one dict of tensors."""
-    from safetensors.torch import load_file
-    files = sorted(os.listdir(path))
-    st = [f for f in files if f.endswith(".safetensors")]
-    pt = [f for f in files if f.startswith("pytorch_model") and f.endswith(".bin")]
-    if not st and not pt:
-        raise FileNotFoundError(f"no weights in {path}: expected model.safetensors, "
-                                f"model-0000x-of-0000y.safetensors or pytorch_model*.bin")
-    state = {}
-    for f in st or pt:
-        full = os.path.join(path, f)
-        try:
-            part = load_file(full) if st else torch.load(full, map_location="cpu",
-                                                         weights_only=True, mmap=True)
-        except Exception as e:
-            raise ValueError(f"could not read weights from {full}: {e}") from None
-        state.update(part)
-    return state
-
-
-def atomic_write(path, write):
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-# -----------------------------------------------------------------------------
-# Xmodel-VLM: a frozen vision tower, a projector, and the language model
-
-IMAGE_TOKEN_INDEX = -200  # LLaVA's placeholder id for <image> in input_ids; never a real token
-
-
-class XmodelVLM(nn.Module):
-    """Image -> CLIP patch features -> projector -> visual tokens, spliced into the LM's input
-    where the prompt has its <image> placeholder (IMAGE_TOKEN_INDEX).
-
-    vision_tower: vision.CLIPVisionTower (frozen: no gradients, always in eval mode)
-    projector:    any xdp.build_projector module, (N, patches, vision width) -> (N, tokens, C)
-    lm:           XmodelLM"""
-
-    def __init__(self, vision_tower, projector, lm):
-        super().__init__()
-        self.vision_tower = vision_tower.requires_grad_(False).eval()
-        self.mm_projector = projector
-        self.lm = lm
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.vision_tower.eval()  # frozen in both stages: never in training mode
-        return self
-
-    def encode_images(self, pixels):
-        """(N, 3, S, S) -> (N, tokens, C) visual tokens in the LM's embedding space."""
-        with torch.no_grad():
-            features = self.vision_tower(pixels)                     # (N, patches, vision width)
-        return self.mm_projector(features)                           # (N, tokens, C)
-
-    def splice(self, input_ids, lengths, has_image, image_tokens, labels=None):
-        """Per sample: embed its tokens and put its visual tokens where its placeholder is.
-        Returns lists of (T_b, C) embeddings and (T_b,) labels (image positions ignored)."""
-        embeds, spliced_labels, n_used = [], [], 0
-        for b in range(len(input_ids)):
-            ids = input_ids[b, :lengths[b]]
-            where = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
-            if len(where) != int(has_image[b]):
-                raise ValueError(f"sample {b} of the batch has {len(where)} <image> placeholders but "
-                                 f"{'an image' if has_image[b] else 'no image'}: a sample takes at most "
-                                 f"one image, and its placeholder must be in the prompt")
-            x = self.lm.model.embed_tokens(ids.clamp(min=0))          # (T_b, C); the placeholder row is replaced
-            y = None if labels is None else labels[b, :lengths[b]]
-            if where:
-                p, feats = where[0], image_tokens[n_used].to(x.dtype)  # feats (tokens, C)
-                n_used += 1
-                x = torch.cat([x[:p], feats, x[p + 1:]])
-                if y is not None:
-                    y = torch.cat([y[:p], y.new_full((len(feats),), IGNORE_INDEX), y[p + 1:]])
-            embeds.append(x)
-            spliced_labels.append(y)
-        return embeds, spliced_labels
-
-    def forward(self, input_ids, lengths, has_image, pixels=None, labels=None):
-        """A right-padded batch (data.collate's): input_ids, labels (B, T) unshifted, LLaVA
-        style. Returns (logits (B, T', vocab), None), or with labels (None, the loss on the
-        labelled positions), as XmodelLM.forward."""
-        image_tokens = self.encode_images(pixels) if pixels is not None else None
-        embeds, spliced = self.splice(input_ids, lengths, has_image, image_tokens, labels)
-        x = nn.utils.rnn.pad_sequence(embeds, batch_first=True)      # (B, T', C), zeros at the end
-        targets = None
-        if labels is not None:  # shift: position t predicts the label of t+1
-            y = nn.utils.rnn.pad_sequence(spliced, batch_first=True, padding_value=IGNORE_INDEX)
-            targets = torch.cat([y[:, 1:], y.new_full((len(y), 1), IGNORE_INDEX)], dim=1)
-        # right padding needs no mask: causal attention never lets a real token see a later pad
-        return self.lm(embeds=x, targets=targets)
-
-    def prompt_embeds(self, prompts, pixels=None):
-        """Token lists (with at most one placeholder each) and the images of those that have
-        one -> left-padded embeddings (B, T, C) and the mask of real positions (B, T)."""
-        device = self.lm.lm_head.weight.device
-        lengths = torch.tensor([len(p) for p in prompts])
-        ids = nn.utils.rnn.pad_sequence([torch.tensor(p) for p in prompts], batch_first=True).to(device)
-        has_image = [IMAGE_TOKEN_INDEX in p for p in prompts]
-        image_tokens = self.encode_images(pixels.to(device)) if pixels is not None else None
-        embeds, _ = self.splice(ids, lengths, has_image, image_tokens)
-        T = max(len(e) for e in embeds)
-        x = embeds[0].new_zeros(len(embeds), T, embeds[0].shape[-1])
-        valid = torch.zeros(len(embeds), T, dtype=torch.bool, device=device)
-        for b, e in enumerate(embeds):  # left padding: every prompt ends in the last column
-            x[b, T - len(e):] = e
-            valid[b, T - len(e):] = True
-        return x, valid
-
-    @torch.no_grad()
-    def generate(self, prompts, pixels=None, max_new_tokens=64, **sampling):
-        """Answers for a batch of prompts (see XmodelLM.generate for the sampling options)."""
-        x, valid = self.prompt_embeds(prompts, pixels)
-        return self.lm.generate(None, max_new_tokens, embeds=x, key_valid=valid, **sampling)
-
-    @torch.no_grad()
-    def generate_stream(self, prompts, pixels=None, max_new_tokens=64, **sampling):
-        x, valid = self.prompt_embeds(prompts, pixels)
-        yield from self.lm.generate_stream(None, max_new_tokens, embeds=x, key_valid=valid, **sampling)
-
-    # -- saving and loading: the released Xmodel_VLM layout ----------------------
-    #
-    # config.json is the LM's (HF Llama keys) plus LLaVA's mm_* keys; model.safetensors holds the
-    # LM (model.*, lm_head.*) and the projector (model.mm_projector.*). The CLIP tower is a
-    # separate HF directory: `vision/` inside our saved models, any local path for official ones.
-
-    def save(self, path):
-        from safetensors.torch import save_file
-        os.makedirs(path, exist_ok=True)
-        self.vision_tower.save_hf(os.path.join(path, "vision"))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.lm.state_dict().items()}
-        state.update({f"model.mm_projector.{k}": v.detach().contiguous().cpu()
-                      for k, v in self.mm_projector.state_dict().items()})
-        atomic_write(os.path.join(path, "model.safetensors"),
-                     lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        kind, n_tokens = self.mm_projector.kind, self.mm_projector.tokens
-        ptype = f"xdpnetv10_{self.vision_tower.num_patches // n_tokens}" if kind == "xdp-concat" else kind
-        config = {**config_to_hf(self.lm.config), "architectures": ["XmodelLMForCausalLM"],
-                  "model_type": "xmodelvlm", "mm_projector_type": ptype, "mm_image_tokens": n_tokens,
-                  "mm_hidden_size": self.vision_tower.hidden_size,
-                  "mm_vision_select_layer": self.vision_tower.select_layer,
-                  "mm_vision_tower": "vision", "image_aspect_ratio": "pad"}
-        atomic_write(os.path.join(path, "config.json"),
-                     lambda tmp: open(tmp, "w").write(json.dumps(config, indent=2)))
-
-    @classmethod
-    def load(cls, path, vision_path=None, device="cpu", dtype=torch.float32):
-        """A saved VLM directory; the official layout with `vision_path` naming the CLIP tower."""
-        from vision import CLIPVisionTower
-        from xdp import build_projector
-        cfg = read_json(os.path.join(path, "config.json"))
-        if "mm_projector_type" not in cfg:
-            raise ValueError(f"{path}/config.json has no mm_projector_type: this is not an Xmodel-VLM "
-                             f"(LLaVA-layout) checkpoint. A language model loads with XmodelLM.from_hf")
-        vision_path = vision_path or os.path.join(path, cfg.get("mm_vision_tower", "vision"))
-        tower = CLIPVisionTower.from_hf(vision_path, select_layer=cfg.get("mm_vision_select_layer", -2))
-        kind, tokens = projector_from_config(cfg["mm_projector_type"], cfg.get("mm_image_tokens"),
-                                             tower.num_patches)
-        lm_config = config_from_hf(cfg)
-        projector = build_projector(kind, tower.hidden_size, lm_config.n_embd, tower.grid, tokens)
-        state = load_hf_state_dict(path)
-        prefix = "model.mm_projector."
-        proj_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        lm_state = {k: v for k, v in state.items()
-                    if not k.startswith(prefix) and not k.startswith("model.vision_tower.")}
-        with torch.device("meta"):
-            lm = XmodelLM(lm_config)
-        load_checked(lm, lm_state, source=path)
-        load_checked(projector, proj_state, source=f"{path} ({prefix}*)")
-        return cls(tower, projector, lm).to(device=device, dtype=dtype)
-
-    from_official = load  # the authors' released directory: XmodelVLM.from_official(path, clip_dir)
-
-
-def projector_from_config(ptype, tokens, num_patches):
-    """LLaVA-style mm_projector_type -> (our projector kind, token count or None for its default).
-    The released code's `xdpnetv10_<f>` joins f neighbouring patches: xdp-concat, num_patches/f tokens."""
-    if ptype.startswith("xdpnetv10_"):
-        return "xdp-concat", num_patches // int(ptype.removeprefix("xdpnetv10_"))
-    return {"ldpnet": "ldp", "ldpnetv2": "ldpv2"}.get(ptype, ptype), tokens

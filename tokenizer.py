@@ -22,11 +22,14 @@ Run:
   python tokenizer.py train --kind bpe --input data/ --vocab_size 4096 --out out/tok.tiktoken
   python tokenizer.py encode --tokenizer out/tok.model "Hello world 123"
 """
+
 import argparse
 import base64
+import glob
 import heapq
 import itertools
 import json
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -406,6 +409,14 @@ def load_tokenizer(path):
         return BPETokenizer(p)
     raise ValueError(f"don't know how to load {p}: expected a name ending in .model (SentencePiece) or "
                      f".tiktoken (BPE rank file), found {p.suffix!r}")
+
+
+def find_tokenizer(model_dir):
+    """The tokenizer file saved beside a model (the first *.model or *.tiktoken in model_dir)."""
+    found = sorted(glob.glob(os.path.join(model_dir, "*.model")) + glob.glob(os.path.join(model_dir, "*.tiktoken")))
+    if not found:
+        raise FileNotFoundError(f"no tokenizer (*.model or *.tiktoken) in {model_dir}; copy the LM's tokenizer there")
+    return found[0]
 
 # -----------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ Pretrain Xmodel-LM from raw tokens.
     torchrun --nproc_per_node=8 train_lm.py --preset=xmodel-1.1b --fsdp=true   # FSDP2: shards, less memory
     python train_lm.py --help                   # every setting, with its default and meaning
 
-With no arguments it makes what it needs: the shapes world's text corpus (data.py), a
-SentencePiece unigram tokenizer trained on it (tokenizer.py), token shards (data.py), and then
+With no arguments it makes what it needs: the shapes world's text corpus (shapes.py), a
+SentencePiece tokenizer trained on it (tokenizer.py), token shards (data.py), and then
 trains the `tiny` preset. Output, under out_dir:
     tokenizer.model   the tokenizer (unless --tokenizer names one)
     tokens/           train_*.bin / val_*.bin token shards
@@ -24,21 +24,25 @@ and keyed by parameter name, so a run resumes under any number of processes, wit
 """
 
 import dataclasses
-import difflib
-import inspect
 import json
 import math
 import os
 import shutil
-import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from model import LMConfig, XmodelLM, config_from_hf, load_checked, read_json
+import data
+import shapes
+from common import (distribute, format_time, full_weights, load_checked, load_checkpoint, load_optimizer_state,
+                    lr_at, make_optimizer, parse_config, peak_flops, read_json, save_checkpoint, scalar,
+                    setup_distributed)
+from model import LOSS_CHUNK, LMConfig, XmodelLM, config_from_hf
+from tokenizer import load_tokenizer, train_sentencepiece
 
 
 @dataclass
@@ -102,194 +106,17 @@ TRAIN_PRESETS = {
 
 
 # -----------------------------------------------------------------------------
-# One config mechanism for every script: a dataclass, presets, and --key=value overrides
-
-def parse_config(cls, argv=None, presets=None):
-    """Build cls from defaults, then `--preset=NAME` (if presets has it), then --key=value.
-    `--help` prints the commented defaults block, which is the documentation."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(inspect.getdoc(sys.modules[cls.__module__]) or "")
-        print("\nSettings (override with --key=value):\n")
-        print(inspect.getsource(cls))
-        if presets:
-            print(f"presets (--preset=NAME) also set these: {json.dumps(presets, indent=2)}")
-        sys.exit(0)
-    pairs = []
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"cannot parse argument {arg!r}: use --key=value (see --help)")
-        pairs.append(arg[2:].split("=", 1))
-    kwargs = {}
-    for key, value in pairs:
-        if key == "preset" and presets and value in presets:
-            kwargs.update(presets[value])
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in pairs:
-        if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            raise SystemExit(f"unknown setting --{key}" + (f" (did you mean --{hint[0]}?)" if hint else "")
-                             + "; see --help")
-        auto = value == "auto" and key in getattr(cls, "AUTO", ())
-        kwargs[key] = 0 if auto else convert(value, known[key].type, key)  # 0: the script chooses
-    return cls(**kwargs)
-
-
-def convert(value, typ, key):
-    if typ is bool:
-        if value.lower() in ("1", "true", "yes"):
-            return True
-        if value.lower() in ("0", "false", "no"):
-            return False
-        raise SystemExit(f"--{key} expects true or false, got {value!r}")
-    try:
-        return typ(value)
-    except ValueError:
-        raise SystemExit(f"--{key} expects a value of type {typ.__name__}, got {value!r}") from None
-
-
-# -----------------------------------------------------------------------------
-# Helpers the VLM trainer shares
-
-def setup_distributed(device):
-    """(rank, world_size, local device). Under torchrun, join the process group."""
-    if "RANK" not in os.environ:
-        dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        return 0, 1, dev
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local)
-        return rank, world, f"cuda:{local}"
-    return rank, world, "cpu"
-
-
-def lr_at(step, cfg):
-    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
-def make_optimizer(model, cfg, device):
-    """AdamW with weight decay on matrices (2-D weights) only: norms' gains are not decayed."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    fused = str(device).startswith("cuda")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
-
-
-PEAK_TFLOPS = {  # dense bf16 tensor-core peaks, for MFU
-    "H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
-    "L40S": 362e12, "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12,
-}
-
-
-def peak_flops(device):
-    if not str(device).startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-
-
-def format_time(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def distribute(model, blocks, world, fsdp, device):
-    """How the processes share the model; returns the module to call in training.
-    DDP (the default): every process holds all of it and backward averages the gradients.
-    FSDP2 (--fsdp): every process holds 1/world of each weight, gradient and AdamW moment; each
-    block gathers its weights (in bf16 on CUDA) just before it runs and frees them after, and
-    backward reduce-scatters the gradients. Sharding happens in place: call this before
-    building the optimizer."""
-    if world == 1:
-        return model
-    if not fsdp:
-        return torch.nn.parallel.DistributedDataParallel(model)
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    on_gpu = str(device).startswith("cuda")
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if on_gpu else None, reduce_dtype=torch.float32)
-    for block in blocks:
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)  # the rest: embeddings, final norm, lm_head (and the VLM's tower, projector)
-    return model
-
-
-def scalar(x):
-    """A float from a tensor that FSDP may have made a DTensor (the gradient norm)."""
-    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
-
-
-def save_checkpoint(ckpt_dir, model, optimizer, step, config_dict, master=True, extra=None):
-    """Every process calls it (under FSDP they gather the shards); rank 0 writes whole, CPU
-    copies of the weights and the optimizer state, both keyed by parameter name, so the
-    checkpoint does not depend on the world size or on FSDP. Written into a fresh folder, then
-    swapped in with renames: a crash at any moment leaves the old or the new checkpoint whole."""
-    from safetensors.torch import save_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-    weights, optim = get_state_dict(model, optimizer,
-                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if not master:
-        return
-    tmp, old = ckpt_dir + ".tmp", ckpt_dir + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(tmp, "model.safetensors"))
-    torch.save({"optimizer": optim, "step": step, "config": config_dict,
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                **(extra or {})}, os.path.join(tmp, "state.pt"))
-    if os.path.exists(ckpt_dir):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(ckpt_dir, old)
-    os.replace(tmp, ckpt_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_optimizer_state(model, optimizer, optim_state):
-    """Put a checkpoint's whole optimizer state into this run's optimizer (sharded or not)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
-
-
-def full_weights(model):
-    """The whole model's weights on the CPU (rank 0; every process calls it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def load_checkpoint(ckpt_dir):
-    """(weights, state) of a checkpoint folder; falls back to the .old copy of an interrupted swap."""
-    from safetensors.torch import load_file
-    if not os.path.exists(ckpt_dir) and os.path.exists(ckpt_dir + ".old"):
-        ckpt_dir = ckpt_dir + ".old"
-    files = [os.path.join(ckpt_dir, f) for f in ("model.safetensors", "state.pt")]
-    if not all(os.path.exists(f) for f in files):
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} (expected model.safetensors "
-                                f"and state.pt); run without --resume to start fresh")
-    return load_file(files[0]), torch.load(files[1], map_location="cpu", weights_only=True)
-
-
-# -----------------------------------------------------------------------------
 # Preparing data: corpus -> tokenizer -> shards
 
 def prepare_data(cfg, rank):
     """Returns (tokenizer, shard folder), making whatever is missing (on rank 0)."""
-    import data
-    from tokenizer import load_tokenizer, train_sentencepiece
     corpus = cfg.corpus
     if not corpus:
         raise SystemExit("--corpus is required: a folder or files of raw text (.txt, .jsonl), "
                          "or a folder of token shards")
     if corpus == TrainConfig.corpus and not os.path.exists(corpus) and rank == 0:
-        print(f"{corpus} does not exist: generating the shapes world (python data.py shapes)")
-        data.generate_shapes_world(os.path.dirname(corpus))
+        print(f"{corpus} does not exist: generating the shapes world (python shapes.py)")
+        shapes.generate_shapes_world(os.path.dirname(corpus))
     if not os.path.exists(corpus):
         raise SystemExit(f"--corpus {corpus} does not exist")
     tok_path = cfg.tokenizer or os.path.join(cfg.out_dir, "tokenizer.model")
@@ -388,8 +215,8 @@ def train(cfg, stop_at=None):
     metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
     run_config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(raw_model.config)}
 
-    t_start, t_last, first_step = time.time(), time.time(), step
-    while step < cfg.max_steps:
+    t_start, t_last, start_step, done = time.time(), time.time(), step, step
+    for step in range(start_step, cfg.max_steps):
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -417,41 +244,40 @@ def train(cfg, stop_at=None):
         grad_norm = scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-
-        if master and (step % cfg.log_interval == 0 or step == cfg.max_steps):
+        done = step + 1
+        if master and (done % cfg.log_interval == 0 or done == cfg.max_steps):
             now = time.time()
-            dt = (now - t_last) / min(cfg.log_interval, step - first_step or 1)
+            dt = (now - t_last) / min(cfg.log_interval, done - start_step)
             t_last = now
             mfu = flops_per_step / dt / (peak * world) if peak else None
-            eta = (now - t_start) / (step - first_step) * (cfg.max_steps - step)
-            print(f"step {step}/{cfg.max_steps} | loss {loss_value:.4f} | lr {lr:.2e} | "
+            eta = (now - t_start) / (done - start_step) * (cfg.max_steps - done)
+            print(f"step {done}/{cfg.max_steps} | loss {loss_value:.4f} | lr {lr:.2e} | "
                   f"grad norm {grad_norm:.2f} | {tokens_per_step / dt / 1e3:.1f}k tok/s | "
                   f"MFU {f'{100 * mfu:.1f}%' if mfu else '-'} | ETA {format_time(eta)}", flush=True)
-            metrics.write(json.dumps({"step": step, "loss": loss_value, "lr": lr,
+            metrics.write(json.dumps({"step": done, "loss": loss_value, "lr": lr,
                                       "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step / dt,
                                       "mfu": mfu, "time": now - t_start}) + "\n")
             metrics.flush()
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+        if done % cfg.eval_interval == 0 or done == cfg.max_steps:
             val_loss = evaluate(model, val_data, cfg, rank, world, device, autocast)
             # under FSDP every process takes part (the weights are gathered block by block); the
             # sample's fixed seed makes them generate the same tokens in step
             sample = generate_sample(raw_model, tok, cfg, device) if master or fsdp else None
             if master:
-                print(f"step {step} | val loss {val_loss:.4f} | sample: {sample!r}", flush=True)
-                metrics.write(json.dumps({"step": step, "val_loss": val_loss, "sample": sample}) + "\n")
+                print(f"step {done} | val loss {val_loss:.4f} | sample: {sample!r}", flush=True)
+                metrics.write(json.dumps({"step": done, "val_loss": val_loss, "sample": sample}) + "\n")
                 metrics.flush()
-        if step % cfg.ckpt_interval == 0 or step == cfg.max_steps or step == stop_at:
-            save_checkpoint(ckpt_dir, raw_model, optimizer, step, run_config, master)
-        if step == stop_at:
+        if done % cfg.ckpt_interval == 0 or done in (cfg.max_steps, stop_at):
+            save_checkpoint(ckpt_dir, raw_model, optimizer, done, run_config, master)
+        if done == stop_at:
             break
 
-    if fsdp and step == cfg.max_steps:  # rank 0 carries on with a whole copy
+    if fsdp and done == cfg.max_steps:  # rank 0 carries on with a whole copy
         weights = full_weights(raw_model)
         raw_model = XmodelLM(raw_model.config).to(device) if master else raw_model
         if master:
             raw_model.load_state_dict(weights)
-    if master and step == cfg.max_steps:
+    if master and done == cfg.max_steps:
         export_dir = os.path.join(cfg.out_dir, "model")
         raw_model.save_hf(export_dir)
         shutil.copy(tok_path, os.path.join(export_dir, os.path.basename(tok_path)))
@@ -497,7 +323,6 @@ def plan_memory(config, seq_len, micro_batch, checkpointing=False, world=1, n_pa
     Under FSDP (world > 1) each process keeps 1/world of the weights, gradients and AdamW moments,
     and whole bf16 weights only for the outer group (embeddings, lm_head: gathered for the whole
     step) and two blocks (the one running and the next, prefetched)."""
-    from model import LOSS_CHUNK
     n = n_params or count_params(config)
     c, tokens = config, seq_len * micro_batch
     layer = (ACT_BYTES["hidden"] * c.n_embd + ACT_BYTES["mlp"] * c.intermediate_size +
@@ -571,10 +396,8 @@ def reading_check(model, tok, scenes_path, device, n=300):
     """Shapes world: held-out scenes described in words, one question each, answered greedily.
     The VLM has to do the same from image tokens, so this is the LM's part of that skill.
     Prints and returns the accuracy per question type and overall (%)."""
-    import data
-    from collections import Counter
     with open(scenes_path) as f:
-        rows = data.reading_questions([json.loads(line) for line in f][:n])
+        rows = shapes.reading_questions([json.loads(line) for line in f][:n])
     right, total = Counter(), Counter()
     model.eval()
     for i in range(0, len(rows), 50):
@@ -593,7 +416,6 @@ def reading_check(model, tok, scenes_path, device, n=300):
 
 
 def data_loader(shard_dir, split, cfg, bos_id, missing_ok=False):
-    import data
     try:
         return data.TokenLoader(shard_dir, split, cfg.seq_len, seed=cfg.seed if split == "train" else cfg.seed + 1,
                                 doc_start=bos_id if cfg.align_docs else None)

@@ -16,7 +16,7 @@ one epoch, linear warmup over 3% of the steps then cosine decay, weight decay 0,
 accumulation to the global batch, bf16 autocast on CUDA, DDP under torchrun.
 
 Inputs: the LM directory from train_lm.py (HF Llama format with its tokenizer file), the
-CLIP tower directory from vision.py (HF CLIP format), LLaVA JSON files and an image folder.
+CLIP tower directory from train_clip.py (HF CLIP format), LLaVA JSON files and an image folder.
 Output, under out_dir: stage1/ (the model after stage 1), model/ (the final model: config,
 weights, vision/, tokenizer; chat.py and eval_vlm.py load it), ckpt/ (resume with
 --resume=true), metrics.jsonl. Samples that cannot be used (missing or corrupt image, bad
@@ -24,11 +24,11 @@ structure, too long) are skipped and counted; more than 1% of them stops the run
 """
 
 import dataclasses
-import glob
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,11 +39,13 @@ import torch
 import torch.distributed as dist
 
 import data
-from model import XmodelLM, XmodelVLM, load_checked
-from tokenizer import load_tokenizer
-from train_lm import (distribute, format_time, full_weights, load_checkpoint, load_optimizer_state, lr_at,
-                      make_optimizer, parse_config, save_checkpoint, scalar, setup_distributed)
+import eval_vlm
+from common import (distribute, format_time, full_weights, load_checked, load_checkpoint, load_optimizer_state,
+                    lr_at, make_optimizer, parse_config, save_checkpoint, scalar, setup_distributed)
+from model import IGNORE_INDEX, XmodelLM
+from tokenizer import find_tokenizer, load_tokenizer
 from vision import CLIPVisionTower, ImageProcessor
+from vlm import XmodelVLM
 from xdp import build_projector
 
 
@@ -52,8 +54,8 @@ class VLMConfig:
     stage: str = "both"             # 1 | 2 | both
     # --- inputs ---
     lm: str = "out/lm/model"        # the LM: a HF Llama directory with its tokenizer (train_lm.py makes it)
-    vision: str = "out/clip_tiny"   # the CLIP tower: a HF CLIP directory (vision.py makes it)
-    data: str = "data/shapes"       # default folder of the three below (python data.py shapes makes it)
+    vision: str = "out/clip_tiny"   # the CLIP tower: a HF CLIP directory (train_clip.py makes it)
+    data: str = "data/shapes"       # default folder of the three below (python shapes.py makes it)
     pretrain_json: str = ""         # stage 1 LLaVA JSON; "" = {data}/pretrain.json
     instruct_json: str = ""         # stage 2 LLaVA JSON; "" = {data}/instruct.json
     image_folder: str = ""          # image paths in the JSON are relative to it; "" = {data}/images
@@ -99,21 +101,13 @@ def paths(cfg):
     p = SimpleNamespace(pretrain=cfg.pretrain_json or os.path.join(cfg.data, "pretrain.json"),
                         instruct=cfg.instruct_json or os.path.join(cfg.data, "instruct.json"),
                         images=cfg.image_folder or os.path.join(cfg.data, "images"))
-    makers = {cfg.lm: "python train_lm.py", cfg.vision: "python vision.py",
-              p.pretrain: "python data.py shapes", p.instruct: "python data.py shapes",
-              p.images: "python data.py shapes"}
+    makers = {cfg.lm: "python train_lm.py", cfg.vision: "python train_clip.py",
+              p.pretrain: "python shapes.py", p.instruct: "python shapes.py", p.images: "python shapes.py"}
     for path, command in makers.items():
         if not os.path.exists(path):
-            raise SystemExit(f"{path} does not exist. On the shapes world `{command}` makes it; "
+            raise FileNotFoundError(f"{path} does not exist. On the shapes world `{command}` makes it; "
                              f"otherwise point the matching --option at your own files (see --help)")
     return p
-
-
-def find_tokenizer(lm_dir):
-    found = sorted(glob.glob(os.path.join(lm_dir, "*.model")) + glob.glob(os.path.join(lm_dir, "*.tiktoken")))
-    if not found:
-        raise SystemExit(f"no tokenizer (*.model or *.tiktoken) in {lm_dir}; copy the LM's tokenizer there")
-    return found[0]
 
 
 def build_model(cfg, device):
@@ -265,7 +259,7 @@ def image_use(model, items, pad_id, device, micro_batch=16, autocast=nullcontext
             total = weight = 0.0
             for i in range(0, len(group), micro_batch):
                 b = data.collate(group[i:i + micro_batch], pad_id)
-                n = int((b["labels"][:, 1:] != data.IGNORE_INDEX).sum())  # labelled tokens (the loss's mean)
+                n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())  # labelled tokens (the loss's mean)
                 _, loss = model(**{k: b[k].to(device) for k in ("input_ids", "lengths", "has_image", "pixels",
                                                                  "labels")})
                 total, weight = total + loss.item() * n, weight + n
@@ -334,10 +328,12 @@ def main(cfg, stop_at=None):
     if dist.is_initialized():
         dist.destroy_process_group()
     if master and 2 in stages and cfg.evaluate and os.path.exists(os.path.join(cfg.data, "eval")):
-        import eval_vlm
         eval_vlm.shapes_report(final_dir, cfg.data, os.path.join(cfg.out_dir, "eval"))
     return model
 
 
 if __name__ == "__main__":
-    main(parse_config(VLMConfig, presets=VLM_PRESETS))
+    try:
+        main(parse_config(VLMConfig, presets=VLM_PRESETS))
+    except FileNotFoundError as e:  # an input that is not there (paths, find_tokenizer): say which, and how to make it
+        sys.exit(str(e))

@@ -69,11 +69,6 @@ class DepthwiseConv(nn.Module):
         return depthwise_conv(x, self.weight, self.bias, grid_hw, self.stride, 1, residual)
 
 
-def conv_out(size, stride):
-    """Side of a 3x3, padding-1 conv's output: (size + 2 - 3)//stride + 1 = ceil(size/stride)."""
-    return (size + 2 - 3) // stride + 1
-
-
 # -----------------------------------------------------------------------------
 # Checks shared by all kinds (errors that say what would work)
 
@@ -104,14 +99,14 @@ class XDP(nn.Module):
 
     @staticmethod
     def token_counts(grid):
-        return sorted({conv_out(grid, s) ** 2 for s in range(1, grid + 1)}, reverse=True)
+        return sorted({kernels.conv_out(grid, s) ** 2 for s in range(1, grid + 1)}, reverse=True)
 
     def __init__(self, in_dim, out_dim, grid, tokens):
         super().__init__()
         _check_tokens("xdp", grid, tokens, self.token_counts(grid))
         self.grid = grid
         # several strides can give one count (12..23 all give 2x2 on 24); take the smallest
-        stride = next(s for s in range(1, grid + 1) if conv_out(grid, s) ** 2 == tokens)
+        stride = next(s for s in range(1, grid + 1) if kernels.conv_out(grid, s) ** 2 == tokens)
         self.dw = DepthwiseConv(in_dim, stride, bias=True)
         self.mlp = _mlp(in_dim, out_dim, nn.Mish())
 
@@ -216,7 +211,7 @@ class LDP(nn.Module):
 
     @staticmethod
     def token_counts(grid):
-        return [conv_out(grid, 2) ** 2]  # fixed by the stride-2 block: 144 on 24x24
+        return [kernels.conv_out(grid, 2) ** 2]  # fixed by the stride-2 block: 144 on 24x24
 
     def __init__(self, in_dim, out_dim, grid, tokens):
         super().__init__()
@@ -258,6 +253,19 @@ class LDPv2(nn.Module):
         x = x.flatten(2).transpose(1, 2)           # -> (B, 144, 2048)
         # positional injection (PEG, from Twins): the conv sees neighbours, the residual keeps x
         return self.peg(x, (self.side, self.side), residual=x)
+
+
+PAPER_GRID = 24  # CLIP ViT-L/14-336's 24x24 patches: the grid the paper's token counts refer to
+
+
+def grid_tokens(n, grid):
+    """The paper's count n (on 24x24) on a grid x grid tower, keeping the downsampling stride:
+    576, 144, 36, 4, 1 are strides 1, 2, 4, 12, 24, i.e. 64, 16, 4, 1, 1 on the tiny CLIP's 8x8."""
+    side = math.isqrt(n)
+    if side * side != n or PAPER_GRID % side:
+        raise ValueError(f"--tokens {n}: the paper's counts are squares whose side divides 24 "
+                         f"(576, 144, 64, 36, 16, 9, 4, 1), as strides on its 24x24 grid")
+    return math.ceil(grid / (PAPER_GRID // side)) ** 2
 
 
 PROJECTORS = {"xdp": XDP, "xdp-concat": XDPConcat, "linear": LinearProjector,

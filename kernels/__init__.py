@@ -18,6 +18,14 @@ Tests: TRITON_INTERPRET=1 python -m pytest -q tests/test_kernels.py. Timings: ke
 
 import os
 
+
+def conv_out(size, stride, padding=1):
+    """Side of a 3x3 convolution's output: (size + 2*padding - 3) // stride + 1, which at padding 1
+    is ceil(size / stride). The one formula for the projectors (xdp.py) and the kernel (dwconv.py);
+    defined before the kernels are imported below, since dwconv.py imports it from here."""
+    return (size + 2 * padding - 3) // stride + 1
+
+
 try:
     import triton  # noqa: F401
     HAVE_TRITON = True

@@ -19,6 +19,9 @@ import statistics
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from kernels import HAVE_TRITON, depthwise_conv, flash_attention
 
 
 def cuda_time(fn, reps):
@@ -45,8 +48,6 @@ def ceilings(reps):
 
 
 def sdpa_backend(backend):
-    from torch.nn.attention import sdpa_kernel
-
     def attend(q, k, v, causal):
         with sdpa_kernel(backend):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal,
@@ -67,8 +68,6 @@ def time_attention(attend, B, H, Hkv, T, D, causal, reps):
 
 
 def bench_attention(reps):
-    from kernels import flash_attention
-    from torch.nn.attention import SDPBackend
     impls = {"triton": flash_attention, "sdpa flash": sdpa_backend(SDPBackend.FLASH_ATTENTION),
              "sdpa cudnn": sdpa_backend(SDPBackend.CUDNN_ATTENTION)}
     shapes = [(16384 // T, 32, 4, T, 64, True) for T in (512, 1024, 2048, 4096, 8192)]
@@ -103,7 +102,6 @@ def conv_channels_last(x, weight, bias, grid_hw, stride):
 
 
 def bench_dwconv(reps):
-    from kernels import depthwise_conv
     impls = {"triton": depthwise_conv, "conv2d NCHW": conv_nchw, "conv2d NHWC": conv_channels_last}
     print(f"{'depthwise conv 3x3 (bf16)':<34} {'impl':<11} {'ms':>8} {'GB/s':>8}")
     for B in (32, 256):
@@ -127,12 +125,11 @@ def bench_kernels(args=None):
         print("bench kernels: needs a CUDA GPU (the Triton kernels run on CPU only in the "
               "interpreter, which is for tests, not timings); nothing to measure here.")
         return
-    from kernels import HAVE_TRITON
     if not HAVE_TRITON:
         print("bench kernels: triton is not installed (pip install triton); nothing to measure.")
         return
     reps = getattr(args, "repeats", 10)
-    import triton
+    import triton  # installed: HAVE_TRITON says so
     print(f"device {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
     ceilings(reps)
     bench_attention(reps)

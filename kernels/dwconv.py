@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import conv_out
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DW_CHUNK = 32 if INTERPRET else 1024   # rows of (B*H'*W') that one dweight program reduces
 
@@ -150,10 +152,6 @@ def _dwconv_bwd_dw(X, DY, PART, H, W, Ho, Wo, C, stride, pad, ROWS, CHUNK,
              mask=(tap[:, None] < 10) & c_ok[None, :])
 
 
-def _out_size(size, stride, padding):
-    return (size + 2 * padding - 3) // stride + 1
-
-
 class DepthwiseConvFunction(torch.autograd.Function):
     """Saves x and weight; the backward runs the dx kernel and the dweight/dbias partial sums."""
 
@@ -161,7 +159,7 @@ class DepthwiseConvFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, grid_hw, stride, padding, residual):
         B, N, C = x.shape
         H, W = grid_hw
-        Ho, Wo = _out_size(H, stride, padding), _out_size(W, stride, padding)
+        Ho, Wo = conv_out(H, stride, padding), conv_out(W, stride, padding)
         x, weight = x.contiguous(), weight.contiguous()
         y = torch.empty((B, Ho * Wo, C), device=x.device, dtype=x.dtype)   # (B, H'W', C)
         res = residual.contiguous() if residual is not None else y   # y: a placeholder, never read
@@ -206,7 +204,7 @@ def depthwise_conv(x, weight, bias, grid_hw, stride, padding=1, residual=None):
     if N != H * W or tuple(weight.shape) != (C, 1, 3, 3):
         raise ValueError(f"depthwise_conv: x is {tuple(x.shape)} and weight {tuple(weight.shape)}, "
                          f"but a {H}x{W} grid needs x (B, {H * W}, C) and weight ({C}, 1, 3, 3)")
-    out_n = _out_size(H, stride, padding) * _out_size(W, stride, padding)
+    out_n = conv_out(H, stride, padding) * conv_out(W, stride, padding)
     if residual is not None and (tuple(residual.shape) != (B, out_n, C) or residual.dtype != x.dtype):
         raise ValueError(f"depthwise_conv: residual is {tuple(residual.shape)} {residual.dtype}, "
                          f"the output is {(B, out_n, C)} {x.dtype}; make them match")

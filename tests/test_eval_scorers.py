@@ -1,4 +1,4 @@
-"""Tests for the scoring half of eval_vlm.py.
+"""Tests for the scorers (scorers.py) and eval_vlm.py's `score` command.
 
 Each official rule and quirk on examples worked out by hand (in the comments), each headline
 formula on small benchmark files written here, the shapes world's held-out sets scored from
@@ -14,9 +14,10 @@ import threading
 
 import pytest
 
-import data
-import eval_vlm as ev
-from eval_vlm import ScoreError
+import eval_vlm
+import scorers
+import shapes
+from scorers import ScoreError
 
 
 def write_jsonl(path, rows):
@@ -39,7 +40,7 @@ def read_jsonl(path):
 
 
 def score_rows(bench, tmp_path, data_dir, rows, **options):
-    return ev.score(bench, write_jsonl(tmp_path / "answers.jsonl", rows), str(data_dir), **options)
+    return scorers.score(bench, write_jsonl(tmp_path / "answers.jsonl", rows), str(data_dir), **options)
 
 
 # ----- the rules, one quirk at a time ------------------------------------------
@@ -52,17 +53,17 @@ def score_rows(bench, tmp_path, data_dir, rows, **options):
     ("Im", "im"),                 # capital-I entries never fire: the text is lower-cased first
 ])
 def test_vqa_normalize(raw, normal):
-    assert ev.vqa_normalize(raw) == normal
+    assert scorers.vqa_normalize(raw) == normal
 
 
 def test_vqa_soft_accuracy_leave_one_out():
     # 2 of 10 match: the 2 matching annotators left out see 1 match (1/3), the 8 others see 2 (2/3):
     # (2 * 1/3 + 8 * 2/3) / 10 = 0.6
-    assert ev.vqa_soft_accuracy("Two.", ["2"] * 2 + ["3"] * 8) == pytest.approx(0.6)
-    assert ev.vqa_soft_accuracy("cat", ["cat"] + ["dog"] * 9) == pytest.approx(0.3)      # (0 + 9 * 1/3) / 10
-    assert ev.vqa_soft_accuracy("a cat", ["cat"] * 3 + ["dog"] * 7) == pytest.approx(0.9)  # (3 * 2/3 + 7) / 10
-    assert ev.vqa_soft_accuracy("cat", ["cat"] * 4 + ["dog"] * 6) == pytest.approx(1.0)
-    assert ev.vqa_soft_accuracy("bird", ["cat"] * 10) == 0.0
+    assert scorers.vqa_soft_accuracy("Two.", ["2"] * 2 + ["3"] * 8) == pytest.approx(0.6)
+    assert scorers.vqa_soft_accuracy("cat", ["cat"] + ["dog"] * 9) == pytest.approx(0.3)      # (0 + 9 * 1/3) / 10
+    assert scorers.vqa_soft_accuracy("a cat", ["cat"] * 3 + ["dog"] * 7) == pytest.approx(0.9)  # (3 * 2/3 + 7) / 10
+    assert scorers.vqa_soft_accuracy("cat", ["cat"] * 4 + ["dog"] * 6) == pytest.approx(1.0)
+    assert scorers.vqa_soft_accuracy("bird", ["cat"] * 10) == 0.0
 
 
 @pytest.mark.parametrize("text, no", [
@@ -71,7 +72,7 @@ def test_vqa_soft_accuracy_leave_one_out():
     ("NO", False), ("Nope", False),                    # only the words 'No', 'no', 'not'
 ])
 def test_pope_says_no(text, no):
-    assert ev.pope_says_no(text) == no
+    assert scorers.pope_says_no(text) == no
 
 
 @pytest.mark.parametrize("text, label", [
@@ -79,7 +80,7 @@ def test_pope_says_no(text, no):
     ("I think yes", "other"), ("Absolutely", "other"), ("", "other"),
 ])
 def test_mme_yes_no_reads_the_first_four_characters(text, label):
-    assert ev.mme_yes_no(text) == label
+    assert scorers.mme_yes_no(text) == label
 
 
 @pytest.mark.parametrize("text, n_choices, letter", [
@@ -89,7 +90,7 @@ def test_mme_yes_no_reads_the_first_four_characters(text, label):
     ("E", 4, None),  # a letter beyond the problem's choices is wrong
 ])
 def test_sqa_letter(text, n_choices, letter):
-    assert ev.sqa_letter(text, n_choices) == letter
+    assert scorers.sqa_letter(text, n_choices) == letter
 
 
 OPTIONS = {"A": "cat", "B": "dog", "C": "red bird", "D": "fish"}
@@ -101,7 +102,7 @@ OPTIONS = {"A": "cat", "B": "dog", "C": "red bird", "D": "fish"}
     ("I choose A or B", None), ("E", "E"),
 ])
 def test_mmbench_letter(text, letter):
-    assert ev.mmbench_letter(text, OPTIONS) == letter
+    assert scorers.mmbench_letter(text, OPTIONS) == letter
 
 
 # ----- headline formulas on small hand-made files -------------------------------
@@ -109,11 +110,11 @@ def test_mmbench_letter(text, letter):
 def make_pope(root):
     """4 questions per split, labels yes, yes, no, no."""
     questions, n = [], 0
-    for split in ev.POPE_SPLITS:
+    for split in scorers.POPE_SPLITS:
         labels = []
         for label in ["yes", "yes", "no", "no"]:
             n += 1
-            questions.append({"question_id": n, "image": f"{n}.jpg", "text": f"Is there a dog?{data.SHORT}",
+            questions.append({"question_id": n, "image": f"{n}.jpg", "text": f"Is there a dog?{scorers.SHORT}",
                               "category": split})
             labels.append({"question_id": n, "image": f"{n}.jpg", "text": "Is there a dog?", "label": label})
         write_jsonl(root / "coco" / f"coco_pope_{split}.json", labels)
@@ -130,7 +131,7 @@ POPE_REPLIES = {  # (yes, yes, no, no) labels
 
 def test_pope_mean_f1_of_three_splits(tmp_path):
     questions = make_pope(tmp_path / "pope")
-    replies = [r for s in ev.POPE_SPLITS for r in POPE_REPLIES[s]]
+    replies = [r for s in scorers.POPE_SPLITS for r in POPE_REPLIES[s]]
     rows = [{"question_id": q["question_id"], "prompt": q["text"], "text": r} for q, r in zip(questions, replies)]
     result = score_rows("pope", tmp_path, tmp_path / "pope", rows)
     assert result["score"] == pytest.approx((1 + 0.8 + 2 / 3) / 3)
@@ -169,7 +170,7 @@ def make_mme(root):
 
 def test_mme_subtask_scores_and_perception_sum(tmp_path):
     make_mme(tmp_path / "mme")
-    short = "\n" + ev.SHORT  # LLaVA's llava_mme.jsonl asks with its short-answer suffix instead
+    short = scorers.SHORT  # LLaVA's llava_mme.jsonl asks with its short-answer suffix instead
     rows = [
         ("existence/a.png", "Is there a dog in this image?" + short, "Yes, it is"),
         ("existence/a.png", "Is there a cat in this image? Please answer yes or no.", "No"),
@@ -232,7 +233,7 @@ def test_textvqa_matches_by_image_and_question(tmp_path):
     write_json(root / "TextVQA_0.5.1_val.json", {"data": [
         {"image_id": "img1", "question": "What is written?", "answers": ["stop"] * 3 + ["go"] * 7},
         {"image_id": "img1", "question": "What colour is it?", "answers": ["red"] * 10}]})
-    prompts = ["What is written?\nReference OCR token: STOP\n" + ev.SHORT, "What colour is it?\n" + ev.SHORT]
+    prompts = ["What is written?\nReference OCR token: STOP" + scorers.SHORT, "What colour is it?" + scorers.SHORT]
     write_jsonl(root / "llava_textvqa_val_v051_ocr.jsonl", [{"question_id": "img1", "text": p} for p in prompts])
     rows = [{"question_id": "img1", "prompt": prompts[0], "text": "Stop."},  # 3 of 10 match: 0.9
             {"question_id": "img1", "prompt": prompts[1], "text": "Red"}]    # 1.0
@@ -377,7 +378,7 @@ def test_bad_lines_are_named(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text(json.dumps(good[0]) + "\n{not json\n", encoding="utf-8")
     with pytest.raises(ScoreError, match=r"answers.jsonl, line 2: not valid JSON"):
-        ev.score("gqa", str(path), str(tmp_path / "gqa"))
+        scorers.score("gqa", str(path), str(tmp_path / "gqa"))
     cases = [([{"text": "x"}] + good[1:], "line 1: expected an object with a 'question_id'"),
              (good[:2] + [{"question_id": "3", "answer": "x"}] + good[3:], "line 3: .*string 'text'"),
              (good + [{"question_id": "99", "text": "x"}], "line 6: question '99' is not in"),
@@ -393,12 +394,12 @@ def test_bad_lines_are_named(tmp_path):
 def test_cli_prints_the_headline_last_and_errors_without_traceback(tmp_path, capsys):
     make_gqa(tmp_path / "gqa")
     path = write_jsonl(tmp_path / "answers.jsonl", [{"question_id": q, "text": "yes"} for q in "12345"])
-    ev.main(["score", "gqa", "--answers", path, "--data", str(tmp_path / "gqa")])
+    eval_vlm.main(["score", "gqa", "--answers", path, "--data", str(tmp_path / "gqa")])
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["bench"] == "gqa" and last["score"] == pytest.approx(25) and "per_structural" in last
     write_jsonl(path, [{"question_id": "1"}])
     with pytest.raises(SystemExit, match="line 1"):
-        ev.main(["score", "gqa", "--answers", path, "--data", str(tmp_path / "gqa")])
+        eval_vlm.main(["score", "gqa", "--answers", path, "--data", str(tmp_path / "gqa")])
 
 
 # ----- the shapes world: perfect answers score perfectly, wrong ones lower --------
@@ -406,13 +407,13 @@ def test_cli_prints_the_headline_last_and_errors_without_traceback(tmp_path, cap
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
-    data.generate_shapes_world(str(out), n_train=50, n_test=40, n_comp=20, corpus_mb=0.05, workers=1)
+    shapes.generate_shapes_world(str(out), n_train=50, n_test=40, n_comp=20, corpus_mb=0.05, workers=1)
     return out
 
 
 def pope_answers(world, wrong):
     labels = {}
-    for split in ev.POPE_SPLITS:
+    for split in scorers.POPE_SPLITS:
         for r in read_jsonl(world / f"eval/pope/coco/coco_pope_{split}.json"):
             labels[r["question_id"]] = r["label"].capitalize()
     return [{"question_id": q["question_id"], "prompt": q["text"], "text": "Yes" if wrong else labels[q["question_id"]]}
@@ -429,7 +430,7 @@ def gqa_answers(world, wrong, folder="gqa"):
 
 def sqa_answers(world, wrong):
     with open(world / "eval/scienceqa/llava_test_CQM-A.json", encoding="utf-8") as f:
-        return [{"question_id": e["id"], "prompt": e["conversations"][0]["value"] + ev.CHOICE,
+        return [{"question_id": e["id"], "prompt": e["conversations"][0]["value"] + scorers.CHOICE,
                  "text": "A" if wrong else e["conversations"][1]["value"]} for e in json.load(f)]
 
 

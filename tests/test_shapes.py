@@ -1,4 +1,4 @@
-"""Tests for the shapes world (data.py, section 1).
+"""Tests for the shapes world (shapes.py).
 
 Each test checks the generated files against something independent of the code that wrote
 them: pixels of the rendered images, answers recomputed from the ground-truth scenes by a
@@ -22,6 +22,8 @@ import pytest
 from PIL import Image
 
 import data
+import scorers
+import shapes
 
 SMALL = dict(size=64, n_train=300, n_test=80, n_comp=40, corpus_mb=0.05)
 
@@ -29,7 +31,7 @@ SMALL = dict(size=64, n_train=300, n_test=80, n_comp=40, corpus_mb=0.05)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("shapes"))
-    data.generate_shapes_world(out, seed=0, workers=2, **SMALL)
+    shapes.generate_shapes_world(out, seed=0, workers=2, **SMALL)
     return out
 
 
@@ -132,11 +134,11 @@ def scene_objects(scene):
 
 def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
     # One worker instead of two: the split of work must not change a single byte.
-    data.generate_shapes_world(str(tmp_path / "again"), seed=0, workers=1, **SMALL)
+    shapes.generate_shapes_world(str(tmp_path / "again"), seed=0, workers=1, **SMALL)
     first, again = tree(world), tree(str(tmp_path / "again"))
     assert sorted(first) == sorted(again)
     assert [p for p in first if first[p] != again[p]] == []
-    data.generate_shapes_world(str(tmp_path / "seed1"), seed=1, workers=2, **SMALL)
+    shapes.generate_shapes_world(str(tmp_path / "seed1"), seed=1, workers=2, **SMALL)
     other = tree(str(tmp_path / "seed1"))
     for path in ["pretrain.json", "instruct.json", "corpus/train.txt", "eval/gqa/testdev_balanced_questions.json",
                  "images/000/train_000000.png"]:
@@ -147,7 +149,7 @@ def test_same_seed_same_bytes_other_seed_differs(world, tmp_path):
 
 @pytest.mark.parametrize("split", ["train", "test", "compositional"])
 def test_colour_at_each_shape_centre_is_its_colour(world, split):
-    for a, b in itertools.combinations(data.COLOURS.values(), 2):  # the tolerance below tells them apart
+    for a, b in itertools.combinations(shapes.COLOURS.values(), 2):  # the tolerance below tells them apart
         assert np.abs(np.array(a) - b).max() > 2 * 30, (a, b)
     for s in scenes(world, split)[:150]:
         img = np.asarray(Image.open(os.path.join(world, s["image"])).convert("RGB")).astype(int)
@@ -155,9 +157,9 @@ def test_colour_at_each_shape_centre_is_its_colour(world, split):
         for o in s["objects"]:
             x, y = (int(v) for v in o["center_px"])
             pixel = img[y, x]
-            nearest = min(data.COLOURS, key=lambda c: np.abs(pixel - data.COLOURS[c]).sum())
+            nearest = min(shapes.COLOURS, key=lambda c: np.abs(pixel - shapes.COLOURS[c]).sum())
             assert nearest == o["colour"], (s["id"], o, pixel)
-            assert np.abs(pixel - data.COLOURS[o["colour"]]).max() <= 30, (s["id"], o, pixel)
+            assert np.abs(pixel - shapes.COLOURS[o["colour"]]).max() <= 30, (s["id"], o, pixel)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -213,9 +215,9 @@ def test_every_training_answer_agrees_with_the_scene(world):
         s = by_id[e["id"]]
         for human, gpt in zip(e["conversations"][::2], e["conversations"][1::2]):
             q, a = human["value"], gpt["value"]
-            if q.endswith(data.CHOICE):
+            if q.endswith(scorers.CHOICE):
                 check_choice(s, q, a)
-            elif q.endswith(data.SHORT) or q.endswith(data.YESNO):
+            elif q.endswith(scorers.SHORT) or q.endswith(scorers.YESNO):
                 assert oracle(s, q) == a, (e["id"], q, a)
             else:  # a description: its listing names exactly the scene's objects
                 assert caption_objects(a) == scene_objects(s), (e["id"], a)
@@ -231,7 +233,7 @@ def test_no_test_scene_in_training_and_held_out_pairs_unseen(world):
     assert not train & {key(s) for s in scenes(world, "test") + scenes(world, "compositional")}
     digest = lambda s: hashlib.sha1(open(os.path.join(world, s["image"]), "rb").read()).hexdigest()
     assert not {digest(s) for s in scenes(world, "train")} & {digest(s) for s in scenes(world, "test")}
-    held = {f"{c} {s}" for c, s in data.HELD_OUT}
+    held = {f"{c} {s}" for c, s in shapes.HELD_OUT}
     for s in scenes(world, "train") + scenes(world, "test"):
         assert not {f"{o['colour']} {o['shape']}" for o in s["objects"]} & held
     for s in scenes(world, "compositional"):
@@ -283,7 +285,7 @@ def test_pope_files_score_like_eval_pope(world):
         assert preds == [r["label"] for r in rows]  # eval_pope zips answers and labels in order
         assert Counter(r["label"] for r in rows)["yes"] * 2 == len(rows)  # POPE is exactly 50/50
         for r in rows:
-            assert questions[r["question_id"]]["text"] == r["text"] + data.SHORT
+            assert questions[r["question_id"]]["text"] == r["text"] + scorers.SHORT
 
 
 def test_gqa_files_score_like_the_official_eval(world):
@@ -312,7 +314,7 @@ def test_scienceqa_files_score_like_eval_science_qa(world):
     results = []
     for e in llava:  # what model_vqa_science.py writes, answering "The answer is X."
         prompt = e["conversations"][0]["value"].replace("<image>", "").strip()
-        prompt = ("<image>\n" + prompt if "image" in e else prompt) + data.CHOICE
+        prompt = ("<image>\n" + prompt if "image" in e else prompt) + scorers.CHOICE
         prob = problems[e["id"]]
         pred = f"The answer is {'ABCDE'[prob['answer']]}."
         letter = re.findall(r"The answer is ([A-Z])\.", pred)[0]
@@ -333,7 +335,7 @@ def test_mme_files_score_like_the_mme_tools(world):
                 for line in open(os.path.join(gt_root, category, file)):
                     question, answer = line.strip().split("\t")
                     GT[(category, file, question)] = answer
-    assert sorted(os.listdir(gt_root)) == sorted(data.MME_SUBTASKS)
+    assert sorted(os.listdir(gt_root)) == sorted(shapes.MME_SUBTASKS)
     results = defaultdict(list)
     for q in read_jsonl(os.path.join(root, "llava_mme.jsonl")):
         assert os.path.isfile(os.path.join(gt_root, q["image"]))
@@ -356,17 +358,18 @@ def test_corpus_is_paragraphs_and_help_explains_every_file(world):
     assert manifest["seed"] == 0 and manifest["counts"]["train_scenes"] == 300
     for b in manifest["benchmarks"].values():
         assert os.path.exists(os.path.join(world, b["question_file"])) and os.path.isdir(os.path.join(world, b["image_folder"]))
-    out = subprocess.run([sys.executable, "data.py", "shapes", "--help"], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.abspath(data.__file__))).stdout
+    out = subprocess.run([sys.executable, "shapes.py", "--help"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(shapes.__file__))).stdout
     for name in ["manifest.json", "scenes_train.jsonl", "corpus/train.txt", "pretrain.json", "instruct.json",
                  "llava_pope_test.jsonl", "coco_pope_", "llava_gqa_testdev_balanced.jsonl", "problems.json",
                  "pid_splits.json", "llava_test_CQM-A.json", "llava_mme.jsonl", "MME_Benchmark_release_version"]:
         assert name in out, name
+    assert all(" ".join(p) in " ".join(out.split()) for p in shapes.HELD_OUT)  # the held-out pairs, named right
 
 
 # ----- balance ---------------------------------------------------------------------------
 
-def assert_balanced(answers_by_type, space=data.ANSWERS):
+def assert_balanced(answers_by_type, space=shapes.ANSWERS):
     for qtype, answers in answers_by_type.items():
         n, counts = len(answers), Counter(answers)
         assert set(counts) <= set(space[qtype]), (qtype, counts)
@@ -376,28 +379,28 @@ def assert_balanced(answers_by_type, space=data.ANSWERS):
 
 def test_question_types_and_answers_are_balanced():
     # The very functions that write the files, on 3000 scenes (no rendering), so counts are large.
-    scenes_ = [{"id": f"t{i}", **data.sample_scene(data.scene_rng(0, "balance", i))} for i in range(3000)]
-    rows, answers = data.gqa_files(scenes_, 0, "gqa")
+    scenes_ = [{"id": f"t{i}", **shapes.sample_scene(shapes.scene_rng(0, "balance", i))} for i in range(3000)]
+    rows, answers = shapes.gqa_files(scenes_, 0, "gqa")
     by_type = defaultdict(list)
     for r in rows:
         by_type[r["category"]].append(answers[r["question_id"]]["answer"])
-    assert set(by_type) == set(data.QTYPES)
+    assert set(by_type) == set(shapes.QTYPES)
     assert_balanced(by_type)
     yes_no = [a for t in ("exist", "relation") for a in by_type[t]]
     assert 0.45 <= yes_no.count("yes") / len(yes_no) <= 0.55
     # Stage-2 answers, typed by their vocabulary (colour names, digits, cells, ... do not overlap).
-    vocab = {a: t for t, space in data.ANSWERS.items() for a in space if t != "relation"}
+    vocab = {a: t for t, space in shapes.ANSWERS.items() for a in space if t != "relation"}
     vocab.update({letter: "letter" for letter in "ABCD"})
     instruct, used = defaultdict(list), Counter()
     for i, s in enumerate(scenes_):
-        for turn in data.instruct_conversation(s, data.scene_rng(0, "instruct", i), used)[1::2]:
+        for turn in shapes.instruct_conversation(s, shapes.scene_rng(0, "instruct", i), used)[1::2]:
             if turn["value"] in vocab:
                 instruct[vocab[turn["value"]]].append(turn["value"])
-    assert_balanced(instruct, {**data.ANSWERS, "letter": list("ABCD")})
+    assert_balanced(instruct, {**shapes.ANSWERS, "letter": list("ABCD")})
     assert 0.45 <= instruct["exist"].count("yes") / len(instruct["exist"]) <= 0.55
-    problems = data.sqa_files(scenes_, 0)[0]
+    problems = shapes.sqa_files(scenes_, 0)[0]
     assert_balanced({"letter": ["ABCD"[p["answer"]] for p in problems.values()]}, {"letter": list("ABCD")})
-    pope, labels = data.pope_files(scenes_[:500], 0, Counter())
+    pope, labels = shapes.pope_files(scenes_[:500], 0, Counter())
     for rows in labels.values():
         assert sum(r["label"] == "yes" for r in rows) * 2 == len(rows)
 
@@ -414,13 +417,13 @@ def test_yes_no_is_50_50_in_the_files(world):
 
 
 def test_render_any_size_and_reject_bad_ones(tmp_path):
-    scene = data.sample_scene(data.scene_rng(0, "size", 0))
-    img = data.render_scene(scene, 336)
+    scene = shapes.sample_scene(shapes.scene_rng(0, "size", 0))
+    img = shapes.render_scene(scene, 336)
     assert img.size == (336, 336)
     for o in scene["objects"]:
         x, y = int(o["center"][0] * 336), int(o["center"][1] * 336)
         assert max(abs(a - b) for a, b in zip(img.getpixel((x, y)), o["rgb"])) <= 2
     with pytest.raises(ValueError, match="between 16 and 336"):
-        data.generate_shapes_world(str(tmp_path), size=448)
-    shown = data.make_grid(str(tmp_path / "grid.png"), n=8)
+        shapes.generate_shapes_world(str(tmp_path), size=448)
+    shown = shapes.make_grid(str(tmp_path / "grid.png"), n=8)
     assert Image.open(tmp_path / "grid.png").size == (4 * 128 + 5 * 4, 2 * 128 + 3 * 4) and len(shown) == 8

@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import shapes
 import train_lm
-from train_lm import TrainConfig, parse_config
+from common import parse_config
+from train_lm import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,27 +144,6 @@ def test_empty_corpus_is_a_clear_error(workdir, tmp_path):
         train_lm.train(cfg)
 
 
-def test_config_overrides():
-    cfg = parse_config(TrainConfig, ["--lr=0.01", "--compile=true", "--preset=xmodel-1.1b"],
-                       presets=train_lm.TRAIN_PRESETS)
-    assert cfg.lr == 0.01 and cfg.compile is True and cfg.seq_len == 4096 and cfg.batch_size == 864
-    with pytest.raises(SystemExit, match="did you mean --max_steps"):
-        parse_config(TrainConfig, ["--max_step=3"])
-    with pytest.raises(SystemExit, match="expects a value of type int"):
-        parse_config(TrainConfig, ["--max_steps=many"])
-    assert parse_config(TrainConfig, ["--micro_batch=auto"]).micro_batch == 0   # the planner picks
-    with pytest.raises(SystemExit, match="expects a value of type int"):       # only where supported
-        parse_config(TrainConfig, ["--batch_size=auto"])
-
-
-def test_lr_schedule():
-    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
-    assert train_lm.lr_at(0, cfg) == pytest.approx(0.1)
-    assert train_lm.lr_at(9, cfg) == pytest.approx(1.0)
-    assert train_lm.lr_at(60, cfg) == pytest.approx(0.55)      # halfway down the cosine
-    assert train_lm.lr_at(110, cfg) == pytest.approx(0.1)
-
-
 class Chars:
     """A character tokenizer: ids are code points; 1 and 2 are bos/eos, 0 pads."""
     bos_id, eos_id, pad_id = 1, 2, 0
@@ -194,12 +175,11 @@ class Oracle:
 
 
 def test_reading_check_scores_the_answer_before_the_next_turn(tmp_path):
-    import data
     scenes = [{"objects": [{"shape": "star", "colour": "red", "size": "small", "cell": "top left", "row": 0, "col": 0}],
                "count": {"kind": "total", "value": "shape", "answer": 1}}] * 40
     path = tmp_path / "scenes_test.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in scenes))
-    rows = data.reading_questions(scenes)
+    rows = shapes.reading_questions(scenes)
     answers = {p: (a, t) for p, a, t in rows}
     assert train_lm.reading_check(Oracle(answers), Chars(), str(path), "cpu")["overall"] == 100
     partial = train_lm.reading_check(Oracle(answers, wrong_types=("colour",)), Chars(), str(path), "cpu")

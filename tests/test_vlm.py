@@ -2,6 +2,9 @@
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,12 +13,18 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import ablate
 import data
+import eval_vlm
+import shapes
 import train_vlm
-from model import IGNORE_INDEX, IMAGE_TOKEN_INDEX, LMConfig, XmodelLM, XmodelVLM
+from data import IMAGE_TOKEN_INDEX
+from model import IGNORE_INDEX, LMConfig, XmodelLM
+from tokenizer import load_tokenizer, train_sentencepiece
 from train_vlm import VLMConfig
-from vision import CLIPVisionTower, VisionConfig
-from xdp import build_projector
+from vision import CLIPVisionTower, ImageProcessor, VisionConfig
+from vlm import XmodelVLM, load
+from xdp import build_projector, grid_tokens
 
 
 class CharTokenizer:
@@ -97,7 +106,6 @@ def test_dataset_skips_and_truncates(tmp_path):
                {"id": "text", "conversations": q(False, "no")}]
     path, folder = write_llava(tmp_path, samples, ["a.png"])
     (tmp_path / "images" / "bad.png").write_bytes(b"not a png")
-    from vision import ImageProcessor
     ds = data.LLaVADataset(path, folder, CharTokenizer(), "plain", ImageProcessor(16), n_image_tokens=4, max_len=64)
     items = [ds[i] for i in range(len(ds))]
     skipped = {it["id"]: it["skip"] for it in items if "skip" in it}
@@ -167,11 +175,9 @@ def test_generate_matches_full_forward():
 def world(tmp_path_factory):
     """A small shapes world, a SentencePiece tokenizer, a random tiny LM and CLIP on disk."""
     root = tmp_path_factory.mktemp("vlm")
-    data.generate_shapes_world(str(root / "shapes"), n_train=120, n_test=20, n_comp=10, corpus_mb=0.1, workers=1)
-    from tokenizer import train_sentencepiece
+    shapes.generate_shapes_world(str(root / "shapes"), n_train=120, n_test=20, n_comp=10, corpus_mb=0.1, workers=1)
     tok = train_sentencepiece([str(root / "shapes" / "corpus")], str(root / "lm" / "tok.model"), vocab_size=600,
                               hard_vocab_limit=False)
-    from tokenizer import load_tokenizer
     torch.manual_seed(0)
     lm = XmodelLM(LMConfig.preset("tiny", vocab_size=load_tokenizer(tok).vocab_size, n_layer=2, n_embd=64,
                                   n_head=4, n_kv_head=2, intermediate_size=128))
@@ -210,7 +216,7 @@ def test_exact_resume(world):
 
 
 def test_missing_prerequisite_names_the_command(world, tmp_path):
-    with pytest.raises(SystemExit, match="python vision.py"):
+    with pytest.raises(FileNotFoundError, match="python train_clip.py"):
         train_vlm.main(vlm_config(world, "x", vision=str(tmp_path / "no_clip")))
 
 
@@ -231,7 +237,7 @@ def test_official_layout_loads_like_the_parts(tmp_path):
                "mm_projector_type": "xdpnetv10_4", "mm_hidden_size": 32, "mm_vision_select_layer": -2,
                "mm_vision_tower": "openai/clip-vit-large-patch14-336", "tie_word_embeddings": False},
               open(official / "config.json", "w"))
-    loaded = XmodelVLM.from_official(str(official), str(tmp_path / "clip")).eval()
+    loaded = XmodelVLM.load(str(official), str(tmp_path / "clip")).eval()
     assert loaded.mm_projector.tokens == 4 and loaded.mm_projector.kind == "xdp-concat"
     prompts, pixels = [[1, 40, IMAGE_TOKEN_INDEX, 50, 60]], torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -241,8 +247,6 @@ def test_official_layout_loads_like_the_parts(tmp_path):
 
 
 def test_eval_run_writes_answers_in_order_and_resumes(world, capsys):
-    import shutil
-    import eval_vlm
     cfg = vlm_config(world, "eval")
     model_dir = str(world / "eval" / "model")
     train_vlm.build_model(cfg, "cpu").save(model_dir)
@@ -321,9 +325,6 @@ def test_image_use_finds_no_difference_when_the_visual_tokens_ignore_the_image()
 
 
 def test_chat_answers_from_a_saved_vlm_and_explains_a_missing_checkpoint(world, tmp_path):
-    import shutil
-    import subprocess
-    import sys
     model_dir = str(world / "chat_model")
     train_vlm.build_model(vlm_config(world, "chat"), "cpu").save(model_dir)
     shutil.copy(str(world / "lm" / "tok.model"), model_dir)
@@ -334,8 +335,6 @@ def test_chat_answers_from_a_saved_vlm_and_explains_a_missing_checkpoint(world, 
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr     # a random model says something
     # the same answer as greedy generation through the API
-    from chat import load
-    from vision import ImageProcessor
     model, tok, _ = load(model_dir, "cpu")
     prompt = data.build_sample([{"from": "human", "value": "<image>\nWhat colour?"}], tok, "vicuna_v1")[0]
     new = model.generate([prompt], ImageProcessor(64)(str(image))[None], max_new_tokens=5, eos_id=tok.eos_id).tolist()[0]
@@ -346,26 +345,24 @@ def test_chat_answers_from_a_saved_vlm_and_explains_a_missing_checkpoint(world, 
 
 
 def test_ablation_token_counts_follow_the_papers_strides():
-    import eval_vlm
-    assert [eval_vlm.grid_tokens(n, 8) for n in (576, 144, 36, 4, 1)] == [64, 16, 4, 1, 1]
-    assert [eval_vlm.grid_tokens(n, 24) for n in (576, 144, 36, 4, 1)] == [576, 144, 36, 4, 1]
-    assert eval_vlm.grid_tokens(144, 12) == 36 and eval_vlm.grid_tokens(36, 12) == 9
+    assert [grid_tokens(n, 8) for n in (576, 144, 36, 4, 1)] == [64, 16, 4, 1, 1]
+    assert [grid_tokens(n, 24) for n in (576, 144, 36, 4, 1)] == [576, 144, 36, 4, 1]
+    assert grid_tokens(144, 12) == 36 and grid_tokens(36, 12) == 9
     with pytest.raises(ValueError, match="squares whose side divides 24"):
-        eval_vlm.grid_tokens(100, 8)
+        grid_tokens(100, 8)
     # every projector at its default, then the first one swept; 4 and 1 both give 1 token: run once
-    assert eval_vlm.ablation_settings(["xdp", "ldpv2"], [576, 144, 4, 1], 8, 32, 64) == [
+    assert ablate.ablation_settings(["xdp", "ldpv2"], [576, 144, 4, 1], 8, 32, 64) == [
         ("xdp", 16), ("ldpv2", 16), ("xdp", 64), ("xdp", 1)]
     with pytest.raises(ValueError, match="cannot give 16"):  # before any training starts
-        eval_vlm.ablation_settings(["linear"], [144], 8, 32, 64)
+        ablate.ablation_settings(["linear"], [144], 8, 32, 64)
 
 
 def test_ablate_trains_each_setting_writes_the_table_and_resumes(world, capsys):
-    import eval_vlm
     out = str(world / "ablation")
     os.makedirs(out)
     options = dict(lm=str(world / "lm"), vision=str(world / "clip"), steps1=1, steps2=1, batch1=4, batch2=4,
                    micro_batch=4)
-    rows = eval_vlm.ablate(["xdp"], [576, 4], str(world / "shapes"), out, **options)
+    rows = ablate.ablate(["xdp"], [576, 4], str(world / "shapes"), out, **options)
     assert [(r["projector"], r["tokens"]) for r in rows] == [("xdp", 16), ("xdp", 64), ("xdp", 1)]
     for r in rows:  # the model of each setting really has that many visual tokens
         saved = json.load(open(os.path.join(out, f"xdp_{r['tokens']}", "model", "config.json")))
@@ -377,10 +374,10 @@ def test_ablate_trains_each_setting_writes_the_table_and_resumes(world, capsys):
     weights = os.path.join(out, "xdp_64", "model", "model.safetensors")
     mtime = os.path.getmtime(weights)
     capsys.readouterr()
-    assert eval_vlm.ablate(["xdp"], [576, 4], str(world / "shapes"), out, **options) == rows
+    assert ablate.ablate(["xdp"], [576, 4], str(world / "shapes"), out, **options) == rows
     assert capsys.readouterr().out.count("done before") == 3 and os.path.getmtime(weights) == mtime
     # another recipe in the same folder: trained again, not mixed with the old results
-    eval_vlm.ablate(["xdp"], [576], str(world / "shapes"), out, **{**options, "steps2": 2})
+    ablate.ablate(["xdp"], [576], str(world / "shapes"), out, **{**options, "steps2": 2})
     assert "done before" not in capsys.readouterr().out and os.path.getmtime(weights) > mtime
 
 
@@ -389,8 +386,6 @@ def test_resume_under_torchrun_with_two_processes_equals_one(world, fsdp):
     """Stopped in one process in stage 2, resumed by two (gloo, DDP or FSDP2): the same final
     model as one process throughout. A step's global batch does not depend on the number of
     processes, and checkpoints hold whole weights and optimizer state keyed by name."""
-    import subprocess
-    import sys
     kw = dict(steps1=2, steps2=4, ckpt_interval=2)
     out = f"w2-{'fsdp' if fsdp else 'ddp'}"
     straight = train_vlm.main(vlm_config(world, "w1-" + out, **kw))

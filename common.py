@@ -1,0 +1,301 @@
+"""
+What every script shares: one config mechanism, distributed setup, the optimizer and its
+schedule, atomic checkpoints, and reading and writing Hugging Face model directories.
+
+- parse_config(Config): a script's settings are a dataclass whose defaults are the commented
+  block `--help` prints; `--preset=NAME` applies a named set, then `--key=value` overrides.
+  Each script keeps its own dataclass (train_lm.TrainConfig, train_vlm.VLMConfig, ...).
+- setup_distributed / distribute: one process, or torchrun with DDP or FSDP2.
+- make_optimizer / lr_at: AdamW with decay on matrices only; linear warmup, then cosine decay.
+- save_checkpoint / load_checkpoint: whole, name-keyed weights and optimizer state plus the
+  step and RNG states, swapped in atomically, so a run resumes exactly under any world size.
+- read_json, load_hf_state_dict, load_checked, save_hf_dir: the HF directory format
+  (config.json + model.safetensors) that the LM, the vision tower and the VLM all use.
+
+No script is imported here: this is a library file (tests/test_layout.py checks it).
+"""
+
+import dataclasses
+import difflib
+import inspect
+import json
+import math
+import os
+import runpy
+import shutil
+import sys
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+
+# -----------------------------------------------------------------------------
+# One config mechanism for every script: a dataclass, presets, and --key=value overrides
+
+def parse_config(cls, argv=None, presets=None):
+    """Build cls from defaults, then `--preset=NAME` (if presets has it), then --key=value.
+    `--help` prints the commented defaults block, which is the documentation."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(inspect.getdoc(sys.modules[cls.__module__]) or "")
+        print("\nSettings (override with --key=value):\n")
+        print(inspect.getsource(cls))
+        if presets:
+            print(f"presets (--preset=NAME) also set these: {json.dumps(presets, indent=2)}")
+        sys.exit(0)
+    pairs = []
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SystemExit(f"cannot parse argument {arg!r}: use --key=value (see --help)")
+        pairs.append(arg[2:].split("=", 1))
+    kwargs = {}
+    for key, value in pairs:
+        if key == "preset" and presets and value in presets:
+            kwargs.update(presets[value])
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in pairs:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise SystemExit(f"unknown setting --{key}" + (f" (did you mean --{hint[0]}?)" if hint else "")
+                             + "; see --help")
+        auto = value == "auto" and key in getattr(cls, "AUTO", ())
+        kwargs[key] = 0 if auto else convert(value, known[key].type, key)  # 0: the script chooses
+    return cls(**kwargs)
+
+
+def convert(value, typ, key):
+    if typ is bool:
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise SystemExit(f"--{key} expects true or false, got {value!r}")
+    try:
+        return typ(value)
+    except ValueError:
+        raise SystemExit(f"--{key} expects a value of type {typ.__name__}, got {value!r}") from None
+
+
+def run_moved(script, argv):
+    """An old command line, kept for one release: say where it moved, then run `script` with argv."""
+    print(f"note: this command is now `python {script}`; running that (the old form goes in the next "
+          f"release)", file=sys.stderr)
+    sys.argv = [script] + list(argv)
+    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), script), run_name="__main__")
+
+
+# -----------------------------------------------------------------------------
+# Processes, optimizer, schedule
+
+def setup_distributed(device):
+    """(rank, world_size, local device). Under torchrun, join the process group."""
+    if "RANK" not in os.environ:
+        dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, dev
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        return rank, world, f"cuda:{local}"
+    return rank, world, "cpu"
+
+
+def distribute(model, blocks, world, fsdp, device):
+    """How the processes share the model; returns the module to call in training.
+    DDP (the default): every process holds all of it and backward averages the gradients.
+    FSDP2 (--fsdp): every process holds 1/world of each weight, gradient and AdamW moment; each
+    block gathers its weights (in bf16 on CUDA) just before it runs and frees them after, and
+    backward reduce-scatters the gradients. Sharding happens in place: call this before
+    building the optimizer."""
+    if world == 1:
+        return model
+    if not fsdp:
+        return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # only under torchrun with FSDP
+    on_gpu = str(device).startswith("cuda")
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if on_gpu else None, reduce_dtype=torch.float32)
+    for block in blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)  # the rest: embeddings, final norm, lm_head (and the VLM's tower, projector)
+    return model
+
+
+def scalar(x):
+    """A float from a tensor that FSDP may have made a DTensor (the gradient norm)."""
+    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
+
+
+def lr_at(step, cfg):
+    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model, cfg, device):
+    """AdamW with weight decay on matrices (2-D weights) only: norms' gains are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = str(device).startswith("cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
+
+
+PEAK_TFLOPS = {  # dense bf16 tensor-core peaks, for MFU
+    "H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
+    "L40S": 362e12, "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12,
+}
+
+
+def peak_flops(device):
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def format_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: everything needed to continue exactly, written atomically
+
+def save_checkpoint(ckpt_dir, model, optimizer, step, config_dict, master=True, extra=None):
+    """Every process calls it (under FSDP they gather the shards); rank 0 writes whole, CPU
+    copies of the weights and the optimizer state, both keyed by parameter name, so the
+    checkpoint does not depend on the world size or on FSDP. Written into a fresh folder, then
+    swapped in with renames: a crash at any moment leaves the old or the new checkpoint whole."""
+    # torch.distributed.checkpoint is imported where it is used: it takes a second, and only training needs it
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    weights, optim = get_state_dict(model, optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not master:
+        return
+    tmp, old = ckpt_dir + ".tmp", ckpt_dir + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(tmp, "model.safetensors"))
+    torch.save({"optimizer": optim, "step": step, "config": config_dict,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                **(extra or {})}, os.path.join(tmp, "state.pt"))
+    if os.path.exists(ckpt_dir):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(ckpt_dir, old)
+    os.replace(tmp, ckpt_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_optimizer_state(model, optimizer, optim_state):
+    """Put a checkpoint's whole optimizer state into this run's optimizer (sharded or not)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
+
+
+def full_weights(model):
+    """The whole model's weights on the CPU (rank 0; every process calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_checkpoint(ckpt_dir):
+    """(weights, state) of a checkpoint folder; falls back to the .old copy of an interrupted swap."""
+    if not os.path.exists(ckpt_dir) and os.path.exists(ckpt_dir + ".old"):
+        ckpt_dir = ckpt_dir + ".old"
+    files = [os.path.join(ckpt_dir, f) for f in ("model.safetensors", "state.pt")]
+    if not all(os.path.exists(f) for f in files):
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} (expected model.safetensors "
+                                f"and state.pt); run without --resume to start fresh")
+    return load_file(files[0]), torch.load(files[1], map_location="cpu", weights_only=True)
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face model directories: config.json + model.safetensors (or sharded, or .bin)
+
+def read_json(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: expected a Hugging Face model directory "
+                                f"with config.json next to the weights")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def load_hf_state_dict(path):
+    """Read every weight file of a HF directory into one dict of tensors."""
+    files = sorted(os.listdir(path))
+    st = [f for f in files if f.endswith(".safetensors")]
+    pt = [f for f in files if f.startswith("pytorch_model") and f.endswith(".bin")]
+    if not st and not pt:
+        raise FileNotFoundError(f"no weights in {path}: expected model.safetensors, "
+                                f"model-0000x-of-0000y.safetensors or pytorch_model*.bin")
+    state = {}
+    for f in st or pt:
+        full = os.path.join(path, f)
+        try:
+            part = load_file(full) if st else torch.load(full, map_location="cpu",
+                                                         weights_only=True, mmap=True)
+        except Exception as e:
+            raise ValueError(f"could not read weights from {full}: {e}") from None
+        state.update(part)
+    return state
+
+
+def load_checked(module, state, source):
+    """module.load_state_dict(state) that names every missing, unexpected or mis-shaped key
+    (for any module: the LM, a CLIP tower, a projector, a whole VLM)."""
+    state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {source} does not match this model's config:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:8])}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        if shapes:
+            lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes[:8]))
+        lines.append("  (is the config.json the one saved with these weights?)")
+        raise ValueError("\n".join(lines))
+    # a model built on the meta device has no storage yet: take the checkpoint's tensors
+    # as they are; otherwise copy into the existing parameters (an optimizer holds them)
+    module.load_state_dict(state, assign=any(p.is_meta for p in module.parameters()))
+
+
+def atomic_write(path, write):
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_text(path, text):
+    with open(path, "w") as f:  # closed (and flushed) before atomic_write renames it
+        f.write(text)
+
+
+def save_hf_dir(path, state, config):
+    """Write a HF model directory: `state` (name -> tensor) as model.safetensors and the
+    `config` dict as config.json, each atomically. The LM, the vision tower and the VLM save
+    with it; from the same files transformers' from_pretrained loads the LM and the tower."""
+    os.makedirs(path, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write(os.path.join(path, "model.safetensors"),
+                 lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(os.path.join(path, "config.json"), lambda tmp: write_text(tmp, json.dumps(config, indent=2)))
+
+
+def tensor_dtype(state):
+    """The dtype name of a state dict's first tensor, as HF's config.json writes it ("float32")."""
+    return str(next(iter(state.values())).dtype).removeprefix("torch.")
