@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-python data.py shapes --out data/shapes          # 1. the data: images, corpus, LLaVA JSON, benchmarks
+python shapes.py --out data/shapes               # 1. the data: images, corpus, LLaVA JSON, benchmarks
 python train_lm.py                                # 2. tokenizer + a tiny Xmodel-LM pretrained on the corpus
-python vision.py                                  # 3. a tiny CLIP, contrastive on the captions
+python train_clip.py                              # 3. a tiny CLIP, contrastive on the captions
 python train_vlm.py                               # 4. VLM stage 1 + stage 2, then the held-out benchmarks
 python eval_vlm.py score shapes_pope --answers out/vlm/eval/shapes_pope.jsonl --data data/shapes   # 5. one scorer, alone
 python chat.py --ckpt out/vlm/model --image data/shapes/eval/images/test_000000.png \
