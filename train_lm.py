@@ -397,21 +397,29 @@ def reading_check(model, tok, scenes_path, device, n=300):
     The VLM has to do the same from image tokens, so this is the LM's part of that skill.
     Prints and returns the accuracy per question type and overall (%)."""
     with open(scenes_path) as f:
-        rows = shapes.reading_questions([json.loads(line) for line in f][:n])
+        scenes = [json.loads(line) for line in f][:n]
+    rows = shapes.reading_questions(scenes)
     right, total = Counter(), Counter()
+    by_count, count_total = Counter(), Counter()  # the same, by how many objects the scene holds
     model.eval()
     for i in range(0, len(rows), 50):
         chunk = rows[i:i + 50]
         out = model.generate([tok.encode(p, bos=True) for p, _, _ in chunk], 8, eos_id=tok.eos_id,
                              pad_id=tok.pad_id)
-        for (_, answer, qtype), ids in zip(chunk, out.tolist()):
+        for j, ((_, answer, qtype), ids) in enumerate(zip(chunk, out.tolist())):
             text = tok.decode([t for t in ids if t not in (tok.eos_id, tok.pad_id)])
+            ok = text.split("USER")[0].strip() == answer  # the corpus runs on to the next turn
+            k = len(scenes[i + j]["objects"])
             total[qtype] += 1
-            right[qtype] += text.split("USER")[0].strip() == answer  # the corpus runs on to the next turn
+            right[qtype] += ok
+            count_total[k] += 1
+            by_count[k] += ok
     accuracy = {t: 100 * right[t] / total[t] for t in sorted(total)}
     accuracy["overall"] = 100 * sum(right.values()) / len(rows)
+    accuracy["by_objects"] = {k: 100 * by_count[k] / count_total[k] for k in sorted(count_total)}
     print(f"reading check ({len(rows)} held-out scenes described in words, one question each): " +
-          ", ".join(f"{t} {a:.0f}%" for t, a in accuracy.items()))
+          ", ".join(f"{t} {a:.0f}%" for t, a in accuracy.items() if t != "by_objects") +
+          "; by objects in the scene: " + ", ".join(f"{k}: {a:.0f}%" for k, a in accuracy["by_objects"].items()))
     return accuracy
 
 

@@ -188,6 +188,27 @@ def test_reading_check_scores_the_answer_before_the_next_turn(tmp_path):
     assert partial["overall"] == pytest.approx(100 * (40 - n_colour) / 40)
 
 
+def test_reading_check_splits_by_object_count(tmp_path):
+    one = {"objects": [{"shape": "star", "colour": "red", "size": "small", "cell": "top left", "row": 0, "col": 0}],
+           "count": {"kind": "total", "value": "shape", "answer": 1}}
+    two = {"objects": one["objects"] + [{"shape": "circle", "colour": "blue", "size": "large", "cell": "center",
+                                         "row": 1, "col": 1}], "count": {"kind": "total", "value": "shape", "answer": 2}}
+    scenes = [one, two] * 20
+    path = tmp_path / "scenes_test.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in scenes))
+    rows = shapes.reading_questions(scenes)
+
+    class WrongOnTwo(Oracle):  # answers the 1-object scenes right and the 2-object ones wrong
+        def generate(self, prompts, max_new_tokens, eos_id, pad_id):
+            out = super().generate(prompts, max_new_tokens, eos_id, pad_id)
+            for r in range(1, len(prompts), 2):  # the scenes alternate one, two (all 40 in one chunk)
+                out[r, 1:6] = torch.tensor(Chars().encode("wrong"))
+            return out
+    acc = train_lm.reading_check(WrongOnTwo({p: (a, t) for p, a, t in rows}), Chars(), str(path), "cpu")
+    assert acc["by_objects"] == {1: 100, 2: 0}
+    assert acc["overall"] == 50
+
+
 def saved_bytes(model, T):
     """Bytes of the distinct tensors a training forward (loss included) saves for backward,
     under CPU bf16 autocast."""
