@@ -91,10 +91,12 @@ def read_questions(bench, data_dir, image_folder=None):
     return rows
 
 
-def run(bench, ckpt, data_dir, out, batch_size=32, max_new_tokens=32, image_folder=None, device=None):
-    """Answer every question of a benchmark into `out` (jsonl), skipping those already there."""
+def run(bench, ckpt, data_dir, out, batch_size=32, max_new_tokens=32, image_folder=None, device=None,
+        loaded=None):
+    """Answer every question of a benchmark into `out` (jsonl), skipping those already there.
+    `loaded`: (model, tokenizer, is_vlm) already in memory, instead of loading ckpt."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok, is_vlm = load(ckpt, device)
+    model, tok, is_vlm = loaded or load(ckpt, device)
     if not is_vlm:
         raise ScoreError(f"{ckpt} is a language model without a vision tower; `run` needs a VLM")
     questions = read_questions(bench, data_dir, image_folder)
@@ -148,7 +150,7 @@ def score_main(args):
 SHAPES_TARGETS = {"overall": 90.0, "colour": 95.0, "shape": 95.0, "count": 80.0, "pope_f1": 0.90}
 
 
-def shapes_report(ckpt, world, out_dir):
+def shapes_report(ckpt, world, out_dir, loaded=None):
     """Answer and score the shapes world's held-out sets with a trained model; print a table
     and return the numbers (accuracy per question type, POPE F1, the compositional split)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -157,7 +159,7 @@ def shapes_report(ckpt, world, out_dir):
         answers = os.path.join(out_dir, f"{bench}.jsonl")
         if os.path.exists(answers):
             os.remove(answers)  # a fresh model: answer again
-        run(bench, ckpt, world, answers)
+        run(bench, ckpt, world, answers, loaded=loaded)
         results[bench] = score(bench, answers, world)
     with open(os.path.join(out_dir, "shapes_report.json"), "w") as f:
         json.dump(rounded(results), f, indent=2)

@@ -183,6 +183,26 @@ def scene_record(scene, size):
     return {**scene, "objects": objects}
 
 
+def cell_features(scene, grid=3):
+    """Perfect visual features of a scene, from its ground truth: for each patch of a grid x grid
+    tower (row-major), one-hot colour (6), shape (5) and size (2) of the object whose cell holds
+    the patch, whether there is one (1), and one-hot patch row and column (grid + grid). The
+    oracle tower (vision.OracleTower) feeds these to the VLM instead of CLIP's features, to
+    measure what the LM makes of visual tokens that hold every answer. A list of lists."""
+    colours, width = list(COLOURS), 6 + 5 + 2 + 1 + 2 * grid
+    rows = []
+    for p in range(grid * grid):
+        r, c = divmod(p, grid)
+        f = [0.0] * width
+        f[14 + r] = f[14 + grid + c] = 1.0
+        for o in scene["objects"]:
+            if (r * 3 // grid, c * 3 // grid) == (o["row"], o["col"]):  # the 3x3 cell this patch lies in
+                f[colours.index(o["colour"])] = f[6 + SHAPES.index(o["shape"])] = 1.0
+                f[11 + SIZES.index(o["size"])] = f[13] = 1.0
+        rows.append(f)
+    return rows
+
+
 # ----- words -------------------------------------------------------------------
 
 def article(phrase):

@@ -44,7 +44,7 @@ from common import (distribute, format_time, full_weights, load_checked, load_ch
                     lr_at, make_optimizer, parse_config, save_checkpoint, scalar, setup_distributed)
 from model import IGNORE_INDEX, XmodelLM
 from tokenizer import find_tokenizer, load_tokenizer
-from vision import CLIPVisionTower, ImageProcessor
+from vision import CLIPVisionTower, ImageProcessor, OracleTower
 from vlm import XmodelVLM
 from xdp import build_projector
 
@@ -87,6 +87,10 @@ class VLMConfig:
     image_check: int = 128          # after each stage: loss on this many samples with their own vs another
                                     # sample's image (image_use); 0 = skip
     evaluate: bool = True           # score the held-out shapes benchmarks at the end
+    oracle: bool = False            # diagnostic (shapes world): perfect per-cell features from the scenes'
+                                    # ground truth instead of the tower (vision.OracleTower), so the score
+                                    # measures the LM and projector alone; nothing is saved, the held-out
+                                    # sets are scored in-process
 
 
 VLM_PRESETS = {
@@ -101,7 +105,7 @@ def paths(cfg):
     p = SimpleNamespace(pretrain=cfg.pretrain_json or os.path.join(cfg.data, "pretrain.json"),
                         instruct=cfg.instruct_json or os.path.join(cfg.data, "instruct.json"),
                         images=cfg.image_folder or os.path.join(cfg.data, "images"))
-    makers = {cfg.lm: "python train_lm.py", cfg.vision: "python train_clip.py",
+    makers = {cfg.lm: "python train_lm.py", **({} if cfg.oracle else {cfg.vision: "python train_clip.py"}),
               p.pretrain: "python shapes.py", p.instruct: "python shapes.py", p.images: "python shapes.py"}
     for path, command in makers.items():
         if not os.path.exists(path):
@@ -112,7 +116,7 @@ def paths(cfg):
 
 def build_model(cfg, device):
     """A new VLM from the pretrained LM and tower and a fresh projector."""
-    tower = CLIPVisionTower.from_hf(cfg.vision)
+    tower = OracleTower(cfg.data) if cfg.oracle else CLIPVisionTower.from_hf(cfg.vision)
     lm = XmodelLM.from_hf(cfg.lm)
     projector = build_projector(cfg.projector, tower.hidden_size, lm.config.n_embd, tower.grid,
                                 cfg.tokens or None)
@@ -287,6 +291,9 @@ def main(cfg, stop_at=None):
     torch.manual_seed(cfg.seed)
     if cfg.stage not in ("1", "2", "both"):
         raise SystemExit(f"--stage must be 1, 2 or both, got {cfg.stage!r}")
+    if cfg.oracle and (cfg.stage != "both" or cfg.resume or world > 1):
+        raise SystemExit("--oracle=true runs both stages in one process, without --resume: the oracle "
+                         "tower is not saved, so nothing could be reloaded")
     files = paths(cfg)
     tok_path = find_tokenizer(cfg.lm)
     tok = load_tokenizer(tok_path)
@@ -320,7 +327,9 @@ def main(cfg, stop_at=None):
             model = XmodelVLM.load(stage1_dir, device=device) if master else model
             if master:
                 model.load_state_dict(weights)
-        if master:
+        if master and cfg.oracle:
+            print(f"stage {stage} done (oracle tower: not saved)")
+        elif master:
             out = stage1_dir if stage == 1 else final_dir
             model.save(out)
             shutil.copy(tok_path, os.path.join(out, os.path.basename(tok_path)))
@@ -328,7 +337,8 @@ def main(cfg, stop_at=None):
     if dist.is_initialized():
         dist.destroy_process_group()
     if master and 2 in stages and cfg.evaluate and os.path.exists(os.path.join(cfg.data, "eval")):
-        eval_vlm.shapes_report(final_dir, cfg.data, os.path.join(cfg.out_dir, "eval"))
+        eval_vlm.shapes_report(final_dir, cfg.data, os.path.join(cfg.out_dir, "eval"),
+                               loaded=(model.eval(), tok, True) if cfg.oracle else None)
     return model
 
 

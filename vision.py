@@ -19,9 +19,12 @@ with the mean colour, resize, centre crop, normalise, equal to transformers' CLI
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -29,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+import shapes
 from common import load_checked, load_hf_state_dict, read_json, run_moved, save_hf_dir, tensor_dtype
 from model import attention
 
@@ -260,6 +264,46 @@ def vision_state_dict(state):
     if not any(k.startswith("vision_model.") for k in state):
         state = {"vision_model." + k: v for k, v in state.items()}
     return state
+
+
+# -----------------------------------------------------------------------------
+# The oracle tower: a diagnostic for the shapes world (train_vlm.py --oracle=true)
+
+class OracleTower(nn.Module):
+    """Stands in for the CLIP tower with perfect features (shapes.cell_features): it recognises
+    each preprocessed image of a shapes world by its exact pixels and returns that scene's
+    ground truth, scaled to `norm` per patch (the tiny CLIP's features have a norm of about 15;
+    at norm 1 the LM ignores them). With it the VLM's score measures the LM and the projector
+    alone: what they make of visual tokens that hold every answer."""
+
+    def __init__(self, world, image_size=64, grid=3, norm=15.0):
+        super().__init__()
+        self.config = SimpleNamespace(image_size=image_size)  # what ImageProcessor and the VLM read
+        self.grid, self.num_patches, self.hidden_size = grid, grid * grid, 6 + 5 + 2 + 1 + 2 * grid
+        processor, self.table = ImageProcessor(image_size), {}
+        for name in ("train", "test", "compositional"):
+            path = os.path.join(world, f"scenes_{name}.jsonl")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path} does not exist: the oracle tower needs a shapes world "
+                                        f"(python shapes.py --out {world})")
+            with open(path) as f:
+                for line in f:
+                    scene = json.loads(line)
+                    features = torch.tensor(shapes.cell_features(scene, grid))
+                    pixels = processor(os.path.join(world, scene["image"]))
+                    self.table[self.key(pixels)] = features * norm / features.norm(dim=-1, keepdim=True)
+
+    @staticmethod
+    def key(pixels):
+        return hashlib.sha1(pixels.float().cpu().numpy().tobytes()).hexdigest()
+
+    def forward(self, pixels):
+        """(B, 3, S, S) preprocessed images of the world -> (B, grid*grid, hidden_size)."""
+        try:
+            return torch.stack([self.table[self.key(p)] for p in pixels]).to(pixels.device)
+        except KeyError:
+            raise ValueError("the oracle tower was given an image that is not in its shapes world "
+                             "(scenes_{train,test,compositional}.jsonl)") from None
 
 
 # -----------------------------------------------------------------------------

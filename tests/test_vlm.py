@@ -22,7 +22,7 @@ from data import IMAGE_TOKEN_INDEX
 from model import IGNORE_INDEX, LMConfig, XmodelLM
 from tokenizer import load_tokenizer, train_sentencepiece
 from train_vlm import VLMConfig
-from vision import CLIPVisionTower, ImageProcessor, VisionConfig
+from vision import CLIPVisionTower, ImageProcessor, OracleTower, VisionConfig
 from vlm import XmodelVLM, load
 from xdp import build_projector, grid_tokens
 
@@ -413,3 +413,32 @@ def test_more_steps_than_an_epoch_reshuffle_instead_of_running_out():
     cfg = VLMConfig(micro_batch=2)
     batches = list(train_vlm.step_batches(order, np.zeros(10), 0, 6, s, cfg, 0, 1))  # 24 samples > 10
     assert len(batches) == 12 and all(len(b) == 2 for b in batches)
+
+
+def test_oracle_tower_returns_each_scenes_ground_truth(world):
+    tower = OracleTower(str(world / "shapes"))
+    scene = json.loads((world / "shapes" / "scenes_test.jsonl").read_text().splitlines()[0])
+    pixels = ImageProcessor(64)(str(world / "shapes" / scene["image"]))
+    features = tower(pixels[None])[0]                                   # (9, 20)
+    assert features.shape == (9, 20)
+    assert torch.allclose(features.norm(dim=-1), torch.full((9,), 15.0))
+    for o in scene["objects"]:                                          # each object's cell holds its attributes
+        f = features[3 * o["row"] + o["col"]] > 0
+        assert f[list(shapes.COLOURS).index(o["colour"])] and f[6 + shapes.SHAPES.index(o["shape"])]
+        assert f[11 + shapes.SIZES.index(o["size"])] and f[13]
+        assert f[:14].sum() == 4                                        # and nothing else
+    empty = [p for p in range(9) if p not in {3 * o["row"] + o["col"] for o in scene["objects"]}]
+    assert all((features[p, :14] == 0).all() for p in empty)
+    assert all(features[p, 14 + p // 3] > 0 and features[p, 17 + p % 3] > 0 for p in range(9))  # row, column
+    with pytest.raises(ValueError, match="not in its shapes world"):
+        tower(torch.zeros(1, 3, 64, 64))
+
+
+def test_oracle_run_trains_and_scores_in_process_without_saving(world):
+    out = world / "oracle"
+    train_vlm.main(vlm_config(world, "oracle", vision="does-not-exist", oracle=True, evaluate=True,
+                              projector="mlp2x_gelu", image_check=0))
+    assert (out / "eval" / "shapes_report.json").exists()
+    assert not (out / "model").exists() and not (out / "stage1").exists()
+    with pytest.raises(SystemExit, match="oracle"):
+        train_vlm.main(vlm_config(world, "oracle", oracle=True, stage="2"))
