@@ -139,10 +139,23 @@ def pope_metrics(pred_yes, label_yes):
             "yes_ratio": sum(pred_yes) / len(pred_yes), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
+def pope_question(row):
+    """(image file, question) of a question-file or label-file row, for pairing checks: LLaVA's
+    question file asks 'Is there a dog in the image?\nAnswer the question using a single word or
+    phrase.', its label file 'Is there a dog in the image?'; the first line is the question."""
+    image = row.get("image")
+    return (None if image is None else os.path.basename(str(image)),
+            None if row.get("text") is None else str(row["text"]).split("\n")[0].strip())
+
+
 def score_pope(answers, data_dir, **_):
-    """Answers are split by their question's category and matched to the labels of
-    coco/coco_pope_<split>.json BY POSITION, as eval_pope.py does: so each split's answers must
-    come in the label file's order. Headline: the mean F1 of the three splits."""
+    """As eval_pope.py: answers are grouped by the category of their question (from the question
+    file) and paired with coco/coco_pope_<category>.json BY POSITION, the i-th answer of a category
+    with its i-th label. Ids are never compared: LLaVA's llava_pope_test.jsonl numbers each category
+    from its own offset (1, 20000001, ...) while each label file counts from 1. Categories may be
+    interleaved; within one, answers must keep the label file's order, so each pair is checked to
+    be about the same image and object (a swap would pair answers with the wrong labels silently
+    in eval_pope.py). Headline: the mean F1 of the three splits."""
     qfile = find(data_dir, "llava_pope_test.jsonl")
     questions = {str(q["question_id"]): q for q in load_jsonl(qfile)}
     odd = {q.get("category") for q in questions.values()} - set(POPE_SPLITS)
@@ -158,11 +171,12 @@ def score_pope(answers, data_dir, **_):
             raise ScoreError(f"{label_file} has {len(labels)} labels but {qfile} and the answers give {len(mine)} "
                              f"questions of category {split!r}; are they from the same POPE release?")
         for i, (a, label) in enumerate(zip(mine, labels)):
-            if "question_id" in label and str(label["question_id"]) != str(a["question_id"]):
-                raise ScoreError(f"{at(a)}: answer {i} of split {split!r} is to question {a['question_id']!r}, but "
-                                 f"label {i} of {label_file} is question {label['question_id']!r}. eval_pope.py "
-                                 f"matches answers to labels by position: write the answers in the question "
-                                 f"file's order")
+            asked, labelled = pope_question(questions[str(a["question_id"])]), pope_question(label)
+            if any(x is not None and y is not None and x != y for x, y in zip(asked, labelled)):
+                raise ScoreError(f"{at(a)}: answer {i + 1} of category {split!r} is to question {a['question_id']!r} "
+                                 f"({asked[0]}: {asked[1]!r}), but label {i + 1} of {label_file} is about "
+                                 f"{labelled[0]}: {labelled[1]!r}. eval_pope.py pairs a category's answers with "
+                                 f"its labels by position: write the answers in the question file's order")
         result[split] = pope_metrics([not pope_says_no(a["text"]) for a in mine], [l["label"] != "no" for l in labels])
     result["score"] = mean([result[s]["f1"] for s in POPE_SPLITS])
     result["accuracy"] = mean([result[s]["accuracy"] for s in POPE_SPLITS])

@@ -107,16 +107,20 @@ def test_mmbench_letter(text, letter):
 
 # ----- headline formulas on small hand-made files -------------------------------
 
-def make_pope(root):
-    """4 questions per split, labels yes, yes, no, no."""
+def make_pope(root, first_ids=None):
+    """4 questions per split, labels yes, yes, no, no: a dog and a cat on two images per split.
+    Ids run on through the splits (1-12, in both files), or, with first_ids {split: first id},
+    as LLaVA numbers them: the question file from each split's offset, each label file from 1."""
     questions, n = [], 0
     for split in scorers.POPE_SPLITS:
         labels = []
-        for label in ["yes", "yes", "no", "no"]:
+        for j, label in enumerate(["yes", "yes", "no", "no"]):
             n += 1
-            questions.append({"question_id": n, "image": f"{n}.jpg", "text": f"Is there a dog?{scorers.SHORT}",
-                              "category": split})
-            labels.append({"question_id": n, "image": f"{n}.jpg", "text": "Is there a dog?", "label": label})
+            qid = n if first_ids is None else first_ids[split] + j
+            image, text = f"COCO_val2014_{split}_{j // 2}.jpg", f"Is there a {['dog', 'cat'][j % 2]} in the image?"
+            questions.append({"question_id": qid, "image": image, "text": text + scorers.SHORT, "category": split})
+            labels.append({"question_id": n if first_ids is None else j + 1, "image": image, "text": text,
+                           "label": label})
         write_jsonl(root / "coco" / f"coco_pope_{split}.json", labels)
     write_jsonl(root / "llava_pope_test.jsonl", questions)
     return questions
@@ -127,12 +131,16 @@ POPE_REPLIES = {  # (yes, yes, no, no) labels
     "popular": ["Yes", "yes", "Yes. There is no dog.", "No, there is not."],  # TP2 FP1 TN1: P 2/3, R 1, F1 0.8
     "random": ["Yes", "No, not really.", "no", "No."],                        # TP1 FN1 TN2: P 1, R 1/2, F1 2/3
 }
+LLAVA_POPE_IDS = {"adversarial": 1, "popular": 20000001, "random": 40000001}  # llava_pope_test.jsonl's offsets
+
+
+def pope_rows(questions):
+    replies = [r for s in scorers.POPE_SPLITS for r in POPE_REPLIES[s]]
+    return [{"question_id": q["question_id"], "prompt": q["text"], "text": r} for q, r in zip(questions, replies)]
 
 
 def test_pope_mean_f1_of_three_splits(tmp_path):
-    questions = make_pope(tmp_path / "pope")
-    replies = [r for s in scorers.POPE_SPLITS for r in POPE_REPLIES[s]]
-    rows = [{"question_id": q["question_id"], "prompt": q["text"], "text": r} for q, r in zip(questions, replies)]
+    rows = pope_rows(make_pope(tmp_path / "pope"))
     result = score_rows("pope", tmp_path, tmp_path / "pope", rows)
     assert result["score"] == pytest.approx((1 + 0.8 + 2 / 3) / 3)
     assert result["popular"]["precision"] == pytest.approx(2 / 3) and result["popular"]["recall"] == 1.0
@@ -140,11 +148,26 @@ def test_pope_mean_f1_of_three_splits(tmp_path):
     assert result["accuracy"] == pytest.approx((1 + 0.75 + 0.75) / 3)
 
 
-def test_pope_answers_out_of_order_name_the_line(tmp_path):
-    questions = make_pope(tmp_path / "pope")
-    rows = [{"question_id": q["question_id"], "prompt": q["text"], "text": "Yes"} for q in questions]
-    rows[0], rows[1] = rows[1], rows[0]  # eval_pope.py would silently pair them with the wrong labels
-    with pytest.raises(ScoreError, match=r"answers.jsonl, line 1: .*by position"):
+def test_pope_llava_numbering_pairs_by_position_within_each_category(tmp_path):
+    # LLaVA's files: questions 1-4, 20000001-4, 40000001-4; each label file 1-4. eval_pope.py never
+    # compares the ids: the k-th answer of a category meets that category's k-th label.
+    rows = pope_rows(make_pope(tmp_path / "pope", LLAVA_POPE_IDS))
+    assert rows[4]["question_id"] == 20000001
+    result = score_rows("pope", tmp_path, tmp_path / "pope", rows)
+    assert result["score"] == pytest.approx((1 + 0.8 + 2 / 3) / 3)  # the hand-worked F1s above
+    assert result["popular"]["tp"] == 2 and result["popular"]["fp"] == 1 and result["random"]["fn"] == 1
+    interleaved = [rows[k + 4 * s] for k in range(4) for s in range(3)]  # categories mixed, each in its order
+    assert score_rows("pope", tmp_path, tmp_path / "pope", interleaved)["score"] == pytest.approx(result["score"])
+
+
+@pytest.mark.parametrize("first_ids", [None, LLAVA_POPE_IDS])
+def test_pope_answers_out_of_order_name_the_line(tmp_path, first_ids):
+    rows = pope_rows(make_pope(tmp_path / "pope", first_ids))
+    rows[5], rows[6] = rows[6], rows[5]  # eval_pope.py would silently pair them with the wrong labels
+    with pytest.raises(ScoreError, match=r"answers.jsonl, line 6: answer 2 of category 'popular' is to question "
+                                         r"\d+ \(COCO_val2014_popular_1.jpg: 'Is there a dog.*label 2 of .*"
+                                         r"coco_pope_popular.json is about COCO_val2014_popular_0.jpg: 'Is there a "
+                                         r"cat.*by position"):
         score_rows("pope", tmp_path, tmp_path / "pope", rows)
 
 
