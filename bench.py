@@ -7,6 +7,7 @@ Speed and memory measurements, side by side in one run (ratios, never absolute a
     python bench.py memory --preset=xmodel-1.1b --gpu_gib=80 --seq_len=4096  # what fits (no GPU needed)
     python bench.py train --preset=xmodel-1.1b --batch=4 --seq_len=4096       # tokens/s, MFU, peak memory
     python bench.py decode --preset=xmodel-1.1b                               # KV-cached tokens/s
+    python bench.py cpu                                                       # CPU: bf16 autocast, denormals
     python bench.py lm --preset=small --batch=4 --seq_len=512
     python bench.py --help
 
@@ -28,6 +29,12 @@ planner's estimate. `decode`: greedy KV-cached decoding, tokens/s at batch 1 and
 `memory`: train_lm.py's memory planner, no GPU needed: the budget of one training process
 (weights, bf16 copies, gradients, AdamW, DDP buckets, activations, the loss chunk) and the
 largest micro-batch that fits `gpu_gib`, without and with activation checkpointing.
+
+`cpu`: the levers of a CPU training step, each timed against fp32 in the same run: the tiny
+LM's step (forward, backward, AdamW; `batch` x `seq_len`) under bf16 autocast (fp32 master
+weights), and a step whose inputs are embeddings of large norm (as visual tokens are) with
+denormal flushing off and on (`torch.set_flush_denormal`). Whether bf16 pays depends on the CPU:
+it prints whether the CPU has native bf16 (AVX512-BF16 or AMX), which is what the trainers check.
 
 `kernels`: see kernels/bench.py (the device's copy bandwidth and matmul ceilings first, then
 flash attention TFLOP/s vs SDPA's flash and cuDNN backends and depthwise-conv GB/s vs F.conv2d).
@@ -209,6 +216,37 @@ def bench_train(cfg):
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (planner: {planned / 2**30:.2f} GiB)")
 
 
+def bench_cpu(cfg):
+    torch.manual_seed(0)
+    model = XmodelLM(LMConfig.preset(cfg.preset, max_seq_len=max(cfg.seq_len, 512))).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, model.config.vocab_size, (cfg.batch, cfg.seq_len + 1))
+    big = torch.randn(cfg.batch, cfg.seq_len, model.config.n_embd) * 15  # visual tokens' norm per unit: ~15
+
+    def step(autocast=nullcontext(), embeds=None):
+        with autocast:
+            _, loss = (model(x[:, :-1], x[:, 1:]) if embeds is None else model(embeds=embeds, targets=x[:, 1:]))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def flushed():
+        torch.set_flush_denormal(True)
+        step(embeds=big)
+        torch.set_flush_denormal(False)
+    flags = open("/proc/cpuinfo").read() if sys.platform == "linux" else ""
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
+    print(f"cpu {torch.backends.cpu.get_cpu_capability()} | native bf16: {', '.join(native) or 'no'} | "
+          f"torch {torch.__version__} | {torch.get_num_threads()} threads | preset {cfg.preset} | "
+          f"batch {cfg.batch} x {cfg.seq_len}")
+    tokens = cfg.batch * cfg.seq_len
+    print(f"{'':<34} {'lever':>12} {'fp32':>12}  {'lever tok/s':>17} {'fp32 tok/s':>17} {'ratio':>6}")
+    compare("train step, bf16 autocast", lambda: step(torch.autocast("cpu", dtype=torch.bfloat16)), step,
+            cfg.repeats, lambda: None, tokens, "tok/s")
+    compare("large-norm embeds, flush denormals", flushed, lambda: step(embeds=big), cfg.repeats, lambda: None,
+            tokens, "tok/s")
+
+
 def bench_decode(cfg):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -239,7 +277,7 @@ def bench_memory(cfg):
 
 if __name__ == "__main__":
     modes = {"lm": bench_lm, "kernels": bench_kernels, "vlm": bench_vlm, "memory": bench_memory,
-             "train": bench_train, "decode": bench_decode}
+             "train": bench_train, "decode": bench_decode, "cpu": bench_cpu}
     if len(sys.argv) < 2 or sys.argv[1] not in modes:
         if len(sys.argv) < 2 or sys.argv[1] not in ("-h", "--help"):
             print(f"usage: python bench.py {{{'|'.join(modes)}}} [--key=value ...]")
