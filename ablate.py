@@ -51,7 +51,7 @@ def ablate(projectors, tokens, world, out_dir, **vlm_options):
     write ablation.md and ablation.png to out_dir and return the rows."""
     base = train_vlm.VLMConfig(data=world, evaluate=False, **vlm_options)
     tower = CLIPVisionTower.from_hf(base.vision)
-    lm_width = config_from_hf(read_json(os.path.join(base.lm, "config.json"))).n_embd
+    lm_width = config_from_hf(read_json(os.path.join(base.lm, "config.json")), base.lm).n_embd
     settings = ablation_settings(projectors, tokens, tower.grid, tower.hidden_size, lm_width)
     print(f"ablation: {len(settings)} settings on {world} ({tower.grid}x{tower.grid} patches): " +
           ", ".join(f"{p} x {n}" for p, n in settings))

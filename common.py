@@ -2,9 +2,13 @@
 What every script shares: one config mechanism, distributed setup, the optimizer and its
 schedule, atomic checkpoints, and reading and writing Hugging Face model directories.
 
+- UserError, run_main: a problem with the user's input is a UserError whose message names the
+  file, line, sample or setting and says what to do; every script's entry point is
+  run_main(main), which prints it as `error: ...` and exits with status 1, without a traceback.
 - parse_config(Config): a script's settings are a dataclass whose defaults are the commented
   block `--help` prints; `--preset=NAME` applies a named set, then `--key=value` overrides.
-  Each script keeps its own dataclass (train_lm.TrainConfig, train_vlm.VLMConfig, ...).
+  Each script keeps its own dataclass (train_lm.TrainConfig, train_vlm.VLMConfig, ...), and
+  its CHECKS say which values each setting allows, refused before any work starts.
 - setup_distributed / distribute: one process, or torchrun with DDP or FSDP2.
 - make_optimizer / lr_at: AdamW with decay on matrices only; linear warmup, then cosine decay.
 - save_checkpoint / load_checkpoint: whole, name-keyed weights and optimizer state plus the
@@ -15,12 +19,15 @@ schedule, atomic checkpoints, and reading and writing Hugging Face model directo
 No script is imported here: this is a library file (tests/test_layout.py checks it).
 """
 
+import argparse
 import dataclasses
 import difflib
 import inspect
 import json
 import math
 import os
+import pickle
+import re
 import runpy
 import shutil
 import sys
@@ -31,11 +38,39 @@ from safetensors.torch import load_file, save_file
 
 
 # -----------------------------------------------------------------------------
+# Errors the user can fix: one type, printed without a traceback
+
+class UserError(ValueError):
+    """A problem with the user's input (a file, a line of data, a sample, a checkpoint, a
+    setting), raised with a message that names it and says what to do. run_main prints it as
+    `error: ...` and exits with status 1, without a traceback; any other exception is a bug in
+    this code and keeps its traceback. (A ValueError, so code that caught those still does.)"""
+
+
+class InputNotFound(UserError, FileNotFoundError):
+    """A UserError for an input file or folder that is not there (also a FileNotFoundError)."""
+
+
+def run_main(main, argv=None):
+    """A script's entry point: main(argv), a UserError becoming `error: ...` and exit status 1."""
+    try:
+        return main(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+# -----------------------------------------------------------------------------
 # One config mechanism for every script: a dataclass, presets, and --key=value overrides
 
 def parse_config(cls, argv=None, presets=None):
     """Build cls from defaults, then `--preset=NAME` (if presets has it), then --key=value.
-    `--help` prints the commented defaults block, which is the documentation."""
+    `--help` prints the commented defaults block, which is the documentation.
+
+    The class's CHECKS map a setting to the values it allows, in one of three forms:
+      "x >= 1", "0 <= x < 1"   a comparison of the value x (a NaN fails every one)
+      ("1", "2", "both")       the allowed values
+      a function               that raises UserError (LMConfig.preset, check_device)
+    A value outside them, or a float that is not finite, is refused here with the rule."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(inspect.getdoc(sys.modules[cls.__module__]) or "")
@@ -47,21 +82,28 @@ def parse_config(cls, argv=None, presets=None):
     pairs = []
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"cannot parse argument {arg!r}: use --key=value (see --help)")
+            raise UserError(f"cannot parse argument {arg!r}: use --key=value (see --help)")
         pairs.append(arg[2:].split("=", 1))
     kwargs = {}
+    known = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in pairs:
         if key == "preset" and presets and value in presets:
             kwargs.update(presets[value])
-    known = {f.name: f for f in dataclasses.fields(cls)}
+        elif key == "preset" and "preset" not in known:
+            raise UserError(f"unknown --preset={value}; choose one of {', '.join(presets or ['(none)'])}")
     for key, value in pairs:
+        if key == "preset" and "preset" not in known:
+            continue  # a preset of settings only (train_vlm.py's paper), applied above
         if key not in known:
             hint = difflib.get_close_matches(key, known, n=1)
-            raise SystemExit(f"unknown setting --{key}" + (f" (did you mean --{hint[0]}?)" if hint else "")
-                             + "; see --help")
+            raise UserError(f"unknown setting --{key}" + (f" (did you mean --{hint[0]}?)" if hint else "")
+                            + "; see --help")
         auto = value == "auto" and key in getattr(cls, "AUTO", ())
         kwargs[key] = 0 if auto else convert(value, known[key].type, key)  # 0: the script chooses
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    for key, rule in getattr(cls, "CHECKS", {}).items():
+        check_value(getattr(cfg, key), rule, f"--{key}")
+    return cfg
 
 
 def convert(value, typ, key):
@@ -70,11 +112,58 @@ def convert(value, typ, key):
             return True
         if value.lower() in ("0", "false", "no"):
             return False
-        raise SystemExit(f"--{key} expects true or false, got {value!r}")
+        raise UserError(f"--{key} expects true or false, got {value!r}")
     try:
-        return typ(value)
+        converted = typ(value)
     except ValueError:
-        raise SystemExit(f"--{key} expects a value of type {typ.__name__}, got {value!r}") from None
+        raise UserError(f"--{key} expects a value of type {typ.__name__}, got {value!r}") from None
+    if typ is float and not math.isfinite(converted):
+        raise UserError(f"--{key} must be a finite number, got {value!r}")
+    return converted
+
+
+def check_value(value, rule, flag):
+    """Refuse `value` of setting `flag` unless it satisfies `rule` (one of parse_config's forms)."""
+    if callable(rule):
+        try:
+            rule(value)
+        except UserError as e:
+            raise UserError(f"{flag}={value}: {e}") from None
+    elif isinstance(rule, str):
+        if not satisfies(value, rule):
+            shown = re.sub(r"\bx\b", flag.lstrip("-"), rule)
+            raise UserError(f"{flag}={value} is not allowed: it must satisfy {shown}")
+    elif value not in rule:
+        raise UserError(f"{flag}={value} is not allowed: choose one of {', '.join(map(str, rule))}")
+
+
+def satisfies(value, rule):
+    """Whether value meets a rule such as "x >= 1": source code written next to the setting, never
+    user input, evaluated with the value as x and nothing else in reach."""
+    return eval(rule, {"__builtins__": {}}, {"x": value})
+
+
+def checked(typ, rule):
+    """An argparse `type` that converts with typ and refuses values outside `rule` (a comparison
+    of x, as in a config's CHECKS), e.g. `add_argument("--batch_size", type=checked(int, "x >= 1"))`."""
+    def convert_arg(text):
+        value = typ(text)  # a ValueError here: argparse says "invalid int value"
+        if typ is float and not math.isfinite(value) or not satisfies(value, rule):
+            raise argparse.ArgumentTypeError(f"{text} is not allowed: it must satisfy {rule}")
+        return value
+    convert_arg.__name__ = typ.__name__
+    return convert_arg
+
+
+def check_device(device):
+    """--device: auto, cpu, cuda or cuda:N; cuda only on a machine where torch sees a CUDA GPU."""
+    if device in ("auto", "cpu"):
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError("this machine has no CUDA GPU that torch can use (torch.cuda.is_available() is "
+                        "False); use --device=cpu, or auto")
 
 
 def run_moved(script, argv):
@@ -204,48 +293,83 @@ def full_weights(model):
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_checkpoint(ckpt_dir):
-    """(weights, state) of a checkpoint folder; falls back to the .old copy of an interrupted swap."""
+# which script wrote a checkpoint: the key its state.pt's "config" holds
+CHECKPOINT_WRITERS = {"model": "train_lm.py", "vlm": "train_vlm.py", "vision": "train_clip.py"}
+
+
+def load_checkpoint(ckpt_dir, expect):
+    """(weights, state) of a checkpoint folder; falls back to the .old copy of an interrupted swap.
+    `expect` is the config key of the script resuming (CHECKPOINT_WRITERS): another script's
+    checkpoint is refused, saying whose it is."""
     if not os.path.exists(ckpt_dir) and os.path.exists(ckpt_dir + ".old"):
         ckpt_dir = ckpt_dir + ".old"
     files = [os.path.join(ckpt_dir, f) for f in ("model.safetensors", "state.pt")]
     if not all(os.path.exists(f) for f in files):
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir} (expected model.safetensors "
-                                f"and state.pt); run without --resume to start fresh")
-    return load_file(files[0]), torch.load(files[1], map_location="cpu", weights_only=True)
+        raise InputNotFound(f"--resume: no checkpoint in {ckpt_dir} (expected model.safetensors "
+                            f"and state.pt); run without --resume to start fresh")
+    weights, state = read_weights(files[0]), read_weights(files[1])
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict) or not {"optimizer", "step"} <= set(state) or expect not in config:
+        writer = next((w for k, w in CHECKPOINT_WRITERS.items() if isinstance(config, dict) and k in config),
+                      "another program")
+        raise UserError(f"{ckpt_dir} is a checkpoint of {writer}, not of {CHECKPOINT_WRITERS[expect]}: "
+                        f"--resume continues the run that wrote it; use the --out_dir of such a run, or a new one")
+    return weights, state
+
+
+def read_weights(path, mmap=False):
+    """The tensors of a .safetensors file, or what torch.save wrote to a .pt/.bin file. torch files
+    are read with weights_only=True: a pickle that would run code is refused, and nothing in it runs.
+    A file that cannot be read is a UserError naming it."""
+    try:
+        if path.endswith(".safetensors"):
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:  # what weights_only=True raises for anything but tensors and plain data
+        raise UserError(f"{path} was refused: it holds objects other than tensors and plain values "
+                        f"({str(e).splitlines()[0][:160]}). Nothing in it was run. A checkpoint written by "
+                        f"this project never does: this file comes from another program or was "
+                        f"tampered with; use one you trust") from None
+    except Exception as e:  # safetensors' SafetensorError, torch's RuntimeError, EOFError on an empty file, ...
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e)[:200] or 'empty file'}): the file is "
+                        f"truncated or corrupt; write it again (or resume from an earlier copy)") from None
 
 
 # -----------------------------------------------------------------------------
 # Hugging Face model directories: config.json + model.safetensors (or sharded, or .bin)
 
 def read_json(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: expected a Hugging Face model directory "
-                                f"with config.json next to the weights")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
+    """A model directory's config.json (a JSON object), or a UserError saying what is wrong with it."""
+    if not os.path.isfile(path):
+        raise InputNotFound(f"{path} not found: expected a Hugging Face model directory "
+                            f"with config.json next to the weights")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        f"save it as UTF-8 JSON") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a JSON object of settings, found a {type(config).__name__}")
+    return config
 
 
 def load_hf_state_dict(path):
     """Read every weight file of a HF directory into one dict of tensors."""
+    if not os.path.isdir(path):
+        raise InputNotFound(f"{path} is not a directory: expected a Hugging Face model directory "
+                            f"(config.json + model.safetensors)")
     files = sorted(os.listdir(path))
     st = [f for f in files if f.endswith(".safetensors")]
     pt = [f for f in files if f.startswith("pytorch_model") and f.endswith(".bin")]
     if not st and not pt:
-        raise FileNotFoundError(f"no weights in {path}: expected model.safetensors, "
-                                f"model-0000x-of-0000y.safetensors or pytorch_model*.bin")
+        raise InputNotFound(f"no weights in {path}: expected model.safetensors, "
+                            f"model-0000x-of-0000y.safetensors or pytorch_model*.bin")
     state = {}
     for f in st or pt:
-        full = os.path.join(path, f)
-        try:
-            part = load_file(full) if st else torch.load(full, map_location="cpu",
-                                                         weights_only=True, mmap=True)
-        except Exception as e:
-            raise ValueError(f"could not read weights from {full}: {e}") from None
-        state.update(part)
+        state.update(read_weights(os.path.join(path, f), mmap=True))
     return state
 
 
@@ -267,7 +391,7 @@ def load_checked(module, state, source):
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes[:8]))
         lines.append("  (is the config.json the one saved with these weights?)")
-        raise ValueError("\n".join(lines))
+        raise UserError("\n".join(lines))
     # a model built on the meta device has no storage yet: take the checkpoint's tensors
     # as they are; otherwise copy into the existing parameters (an optimizer holds them)
     module.load_state_dict(state, assign=any(p.is_meta for p in module.parameters()))

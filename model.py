@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import kernels  # Triton flash attention, used on CUDA (XMODEL_KERNELS=torch|triton forces a path)
-from common import load_checked, load_hf_state_dict, read_json, save_hf_dir, tensor_dtype
+from common import UserError, load_checked, load_hf_state_dict, read_json, save_hf_dir, tensor_dtype
 
 IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's and LLaVA's convention)
 
@@ -68,13 +68,13 @@ class LMConfig:
                           intermediate_size=2048, max_seq_len=2048),
         }
         if name not in presets:
-            raise ValueError(f"unknown LM preset {name!r}; choose one of {sorted(presets)}")
+            raise UserError(f"unknown LM preset {name!r}; choose one of {sorted(presets)}")
         return cls(**{**presets[name], **overrides})
 
     def __post_init__(self):
         if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}) "
-                             f"and n_head by n_kv_head ({self.n_kv_head})")
+            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}) "
+                            f"and n_head by n_kv_head ({self.n_kv_head})")
 
 
 # -----------------------------------------------------------------------------
@@ -284,8 +284,8 @@ class XmodelLM(nn.Module):
         B, T, _ = x.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len="
-                             f"{self.config.max_seq_len}; shorten the input or raise max_seq_len")
+            raise UserError(f"sequence of {start + T} tokens is longer than max_seq_len="
+                            f"{self.config.max_seq_len}; shorten the input or raise max_seq_len")
         if positions is None:   # the usual case: one shared range, (1, T) broadcasts over B
             positions = torch.arange(start, start + T, device=x.device)[None]
         cos, sin = self.rope(positions)                # (B or 1, 1, T, hd)
@@ -378,7 +378,12 @@ class XmodelLM(nn.Module):
         """Load a HF Llama-format directory: config.json and model.safetensors (or sharded
         safetensors, or pytorch_model*.bin read with weights_only=True). The released
         Xmodel_LM directory (XModelForCausalLM, same maths) loads too."""
-        config = config_from_hf(read_json(os.path.join(path, "config.json")))
+        hf = read_json(os.path.join(path, "config.json"))
+        if "mm_projector_type" in hf:
+            raise UserError(f"{path} is an Xmodel-VLM (its config has mm_projector_type), not a language model "
+                            f"alone: chat.py and eval_vlm.py load it as it is; as the LM of a new VLM give "
+                            f"train_lm.py's model directory")
+        config = config_from_hf(hf, path)
         state = load_hf_state_dict(path)
         if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]  # tied checkpoint
@@ -430,12 +435,22 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None):
 # -----------------------------------------------------------------------------
 # Hugging Face config (the weight files: common.py)
 
-def config_from_hf(hf):
-    """Map a HF LlamaConfig (or XModelConfig) dict onto LMConfig, refusing what we don't model."""
+def config_from_hf(hf, source="the model directory"):
+    """Map a HF LlamaConfig (or XModelConfig) dict onto LMConfig, refusing what we don't model.
+    `source` (the directory) names it in the errors."""
+    if hf.get("model_type") in ("clip", "clip_vision_model"):
+        raise UserError(f"{source} holds a CLIP vision tower (model_type {hf['model_type']!r}), not a language "
+                        f"model: give it as the vision tower (train_vlm.py --vision), and an LM directory "
+                        f"from train_lm.py (or a HF Llama one) as the LM")
     if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported (Llama uses silu)")
+        raise UserError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (Llama uses silu)")
     if hf.get("rope_scaling") or hf.get("attention_bias") or hf.get("mlp_bias"):
-        raise ValueError("rope_scaling, attention_bias and mlp_bias are not supported by XmodelLM")
+        raise UserError(f"{source}: rope_scaling, attention_bias and mlp_bias are not supported by XmodelLM")
+    missing = [k for k in ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size",
+                           "intermediate_size") if k not in hf]
+    if missing:
+        raise UserError(f"{source}/config.json lacks {', '.join(missing)}: expected a HF Llama config "
+                        f"(LlamaForCausalLM), as train_lm.py writes")
     return LMConfig(
         vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"],
         n_head=hf["num_attention_heads"],

@@ -26,11 +26,12 @@ Run:
 import argparse
 import base64
 import glob
+import hashlib
 import heapq
 import itertools
 import json
 import os
-import sys
+import shutil
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -38,6 +39,8 @@ from pathlib import Path
 import regex  # the split patterns use \p{L}-style classes, which the stdlib `re` lacks
 import sentencepiece as spm
 import tiktoken
+
+from common import InputNotFound, UserError, atomic_write, read_json, run_main, write_text
 
 # Split patterns, exactly as tiktoken defines them. BPE merges never cross a chunk boundary,
 # so " dog" and " dog." share the token " dog". gpt4 also cuts numbers into groups of <= 3 digits.
@@ -76,14 +79,14 @@ def find_input_files(inputs):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".txt", ".jsonl"))
             if not found:
-                raise FileNotFoundError(f"folder {p} holds no .txt or .jsonl files; put the training text in such files")
+                raise InputNotFound(f"folder {p} holds no .txt or .jsonl files; put the training text in such files")
             files += found
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"training input {p} does not exist; expected a .txt or .jsonl file, or a folder of them")
+            raise InputNotFound(f"training input {p} does not exist; expected a .txt or .jsonl file, or a folder of them")
     if not files:
-        raise ValueError("no training input given: pass one or more files or folders (--input)")
+        raise UserError("no training input given: pass one or more files or folders (--input)")
     return files
 
 
@@ -125,8 +128,8 @@ def nonempty(texts, files):
         if t.strip():
             return itertools.chain([t], texts)
     names = ", ".join(map(str, files))
-    raise ValueError(f"the training corpus is empty: found no text in {names}. Expected UTF-8 text lines "
-                     f"(.txt) or lines like {{\"text\": \"...\"}} (.jsonl); check the --input paths.")
+    raise UserError(f"the training corpus is empty: found no text in {names}. Expected UTF-8 text lines "
+                    f"(.txt) or lines like {{\"text\": \"...\"}} (.jsonl); check the --input paths.")
 
 
 def report(stats, files):
@@ -142,8 +145,8 @@ def train_sentencepiece(input_files, out, vocab_size=32000, verbose=False, **opt
     """Train a unigram SentencePiece model with Xmodel-LM's settings; returns the .model path.
     `out` is a prefix or a path ending in .model; `options` override XMODEL_SP_OPTIONS."""
     if vocab_size <= 259:
-        raise ValueError(f"vocab_size={vocab_size} is too small: with byte_fallback the vocabulary holds "
-                         f"3 special pieces + 256 byte pieces + the corpus's common characters; use ~1000 or more")
+        raise UserError(f"vocab_size={vocab_size} is too small: with byte_fallback the vocabulary holds "
+                        f"3 special pieces + 256 byte pieces + the corpus's common characters; use ~1000 or more")
     stats, files = Counter(), find_input_files(input_files)
     opts = {**XMODEL_SP_OPTIONS, **options}
     step = opts["max_sentence_length"] // 4  # a character is at most 4 bytes of UTF-8
@@ -155,7 +158,7 @@ def train_sentencepiece(input_files, out, vocab_size=32000, verbose=False, **opt
         spm.SentencePieceTrainer.train(sentence_iterator=nonempty(sentences, files), model_prefix=str(prefix),
                                        vocab_size=vocab_size, minloglevel=0 if verbose else 2, **opts)
     except RuntimeError as e:
-        raise ValueError(explain_sp_error(str(e), vocab_size)) from None
+        raise UserError(explain_sp_error(str(e), vocab_size)) from None
     report(stats, files)
     return str(prefix) + ".model"
 
@@ -191,8 +194,8 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             self.sp = spm.SentencePieceProcessor(model_file=self.path)
         except (RuntimeError, OSError) as e:
-            raise ValueError(f"could not read {path} as a SentencePiece model ({e}); expected a .model file "
-                             f"written by spm_train or `python tokenizer.py train --kind sp`") from None
+            raise UserError(f"could not read {path} as a SentencePiece model ({e}); expected a .model file "
+                            f"written by spm_train or `python tokenizer.py train --kind sp`") from None
         self.vocab_size = self.sp.vocab_size()
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.sp.unk_id()  # Xmodel: pad = unk
@@ -216,10 +219,10 @@ def train_bpe(input_files, out_path, vocab_size, pattern="gpt4"):
     """Learn BPE merges and save them as a .tiktoken rank file plus a .tiktoken.json sidecar.
     vocab_size counts everything: 256 byte tokens + merges + 1 special token (<|endoftext|>)."""
     if vocab_size < 258:
-        raise ValueError(f"vocab_size={vocab_size} is too small: BPE needs 256 byte tokens + <|endoftext|> "
-                         f"+ at least one merge, so 258 or more")
+        raise UserError(f"vocab_size={vocab_size} is too small: BPE needs 256 byte tokens + <|endoftext|> "
+                        f"+ at least one merge, so 258 or more")
     if pattern not in PATTERNS:
-        raise ValueError(f"unknown split pattern {pattern!r}; expected one of {sorted(PATTERNS)}")
+        raise UserError(f"unknown split pattern {pattern!r}; expected one of {sorted(PATTERNS)}")
     stats, files = Counter(), find_input_files(input_files)
     chunks = count_chunks(nonempty(read_corpus(files, stats), files), PATTERNS[pattern])
     ranks = learn_merges(chunks, vocab_size - 1)
@@ -349,17 +352,17 @@ def load_ranks(path):
     try:
         lines = Path(path).read_text().splitlines()
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a text file; expected a .tiktoken rank file of `base64 rank` lines") from None
+        raise UserError(f"{path} is not a text file; expected a .tiktoken rank file of `base64 rank` lines") from None
     ranks = {}
     for lineno, line in enumerate(lines, 1):
         try:
             tok, rank = line.split()
             ranks[base64.b64decode(tok, validate=True)] = int(rank)
         except ValueError:  # also catches bad base64 (binascii.Error is a ValueError)
-            raise ValueError(f"{path}:{lineno}: expected `base64(token bytes) rank`, found {line[:80]!r}; "
-                             f"is this a tiktoken rank file?") from None
+            raise UserError(f"{path}:{lineno}: expected `base64(token bytes) rank`, found {line[:80]!r}; "
+                            f"is this a tiktoken rank file?") from None
     if not ranks:
-        raise ValueError(f"{path} holds no tokens; expected a .tiktoken rank file of `base64 rank` lines")
+        raise UserError(f"{path} holds no tokens; expected a .tiktoken rank file of `base64 rank` lines")
     return ranks
 
 
@@ -369,13 +372,20 @@ class BPETokenizer(Tokenizer):
         self.ranks = load_ranks(path)
         sidecar = Path(self.path + ".json")
         if sidecar.exists():
-            meta = json.loads(sidecar.read_text())
+            meta = read_json(str(sidecar))
+            if not {"pat_str", "special_tokens", "bos", "eos", "pad"} <= set(meta):
+                raise UserError(f"{sidecar} lacks some of pat_str, special_tokens, bos, eos, pad: it is not the "
+                                f"sidecar `python tokenizer.py train --kind bpe` writes; delete it to load {path} "
+                                f"as a plain GPT-2 style file")
         else:  # a plain GPT-2 style file: GPT-2's pattern, <|endoftext|> right after the ranks (50256)
             meta = {"pat_str": GPT2_PATTERN, "special_tokens": {ENDOFTEXT: len(self.ranks)},
                     "bos": ENDOFTEXT, "eos": ENDOFTEXT, "pad": ENDOFTEXT}
         self.pat_str, self.special_tokens = meta["pat_str"], meta["special_tokens"]
-        self.enc = tiktoken.Encoding(Path(path).stem, pat_str=self.pat_str, mergeable_ranks=self.ranks,
-                                     special_tokens=self.special_tokens)
+        try:
+            self.enc = tiktoken.Encoding(Path(path).stem, pat_str=self.pat_str, mergeable_ranks=self.ranks,
+                                         special_tokens=self.special_tokens)
+        except ValueError as e:  # e.g. two tokens with one rank, or a special token's id among them
+            raise UserError(f"tiktoken refuses {path}: {e}") from None
         self.vocab_size = self.enc.n_vocab
         self.bos_id, self.eos_id, self.pad_id = (self.special_tokens[meta[k]] for k in ("bos", "eos", "pad"))
 
@@ -401,21 +411,60 @@ def load_tokenizer(path):
     """Open a tokenizer file: .model -> SentencePiece, .tiktoken -> BPE."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"no tokenizer file at {p}: expected a SentencePiece .model or a .tiktoken rank "
-                                f"file; train one with `python tokenizer.py train --kind sp|bpe ...`")
+        raise InputNotFound(f"no tokenizer file at {p}: expected a SentencePiece .model or a .tiktoken rank "
+                            f"file; train one with `python tokenizer.py train --kind sp|bpe ...`")
     if p.suffix == ".model":
         return SentencePieceTokenizer(p)
     if p.suffix == ".tiktoken":
         return BPETokenizer(p)
-    raise ValueError(f"don't know how to load {p}: expected a name ending in .model (SentencePiece) or "
-                     f".tiktoken (BPE rank file), found {p.suffix!r}")
+    raise UserError(f"don't know how to load {p}: expected a name ending in .model (SentencePiece) or "
+                    f".tiktoken (BPE rank file), found {p.suffix!r}")
+
+
+# A model directory keeps its tokenizer beside config.json, and config.json records which file it
+# is and its digest, so that a tokenizer from another corpus is refused where it meets the model.
+
+def tokenizer_digest(path):
+    """sha256 of a tokenizer file (and of a .tiktoken's sidecar): which tokenizer it is."""
+    h = hashlib.sha256(Path(path).read_bytes())
+    if Path(str(path) + ".json").is_file():
+        h.update(Path(str(path) + ".json").read_bytes())
+    return h.hexdigest()
+
+
+def save_tokenizer(tok_path, model_dir):
+    """Copy a tokenizer file (and a .tiktoken's sidecar) into a saved model's directory and record
+    its name and digest in the model's config.json (tokenizer_file, tokenizer_sha256)."""
+    shutil.copy(tok_path, model_dir)
+    if os.path.isfile(str(tok_path) + ".json"):  # a .tiktoken's sidecar: its split pattern and special tokens
+        shutil.copy(str(tok_path) + ".json", model_dir)
+    config_path = os.path.join(model_dir, "config.json")
+    config = {**read_json(config_path), "tokenizer_file": os.path.basename(tok_path),
+              "tokenizer_sha256": tokenizer_digest(tok_path)}
+    atomic_write(config_path, lambda tmp: write_text(tmp, json.dumps(config, indent=2)))
 
 
 def find_tokenizer(model_dir):
-    """The tokenizer file saved beside a model (the first *.model or *.tiktoken in model_dir)."""
+    """The tokenizer file saved beside a model: the one its config.json records (checked against
+    its digest), else the only *.model or *.tiktoken in model_dir."""
+    config_path = os.path.join(model_dir, "config.json")
+    config = read_json(config_path) if os.path.isfile(config_path) else {}
+    if "tokenizer_file" in config:
+        path = os.path.join(model_dir, config["tokenizer_file"])
+        if not os.path.isfile(path):
+            raise InputNotFound(f"{path} not found: {config_path} says the model was trained with that tokenizer; "
+                                f"copy it back (from the LM's directory)")
+        if tokenizer_digest(path) != config.get("tokenizer_sha256"):
+            raise UserError(f"{path} is not the tokenizer this model was trained with (its sha256 differs from "
+                            f"the one {config_path} records): a tokenizer of another corpus gives the model "
+                            f"ids that mean other words; copy the right file back")
+        return path
     found = sorted(glob.glob(os.path.join(model_dir, "*.model")) + glob.glob(os.path.join(model_dir, "*.tiktoken")))
     if not found:
-        raise FileNotFoundError(f"no tokenizer (*.model or *.tiktoken) in {model_dir}; copy the LM's tokenizer there")
+        raise InputNotFound(f"no tokenizer (*.model or *.tiktoken) in {model_dir}; copy the LM's tokenizer there")
+    if len(found) > 1:
+        raise UserError(f"{model_dir} holds {len(found)} tokenizers ({', '.join(map(os.path.basename, found))}) and "
+                        f"its config.json does not say which one the model was trained with; keep only that one")
     return found[0]
 
 # -----------------------------------------------------------------------------
@@ -450,9 +499,9 @@ def main(argv=None):
             for i in ids:
                 print(f"{i:>8}  {tok.id_to_piece(i)!r}")
             print(f"decoded: {tok.decode(ids)!r}")
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except OSError as e:  # an output path that cannot be written, a file that cannot be read
+        raise UserError(str(e)) from None
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -154,7 +154,7 @@ def train(cfg, stop_at=None):
     # the model's config first, so that a resumed run refuses a mismatched checkpoint at once
     ckpt_dir = os.path.join(cfg.out_dir, "ckpt")
     if cfg.init_from:
-        model_config = config_from_hf(read_json(os.path.join(cfg.init_from, "config.json")))
+        model_config = config_from_hf(read_json(os.path.join(cfg.init_from, "config.json")), cfg.init_from)
     else:
         preset_len = LMConfig.preset(cfg.preset).max_seq_len
         model_config = LMConfig.preset(cfg.preset, vocab_size=tok.vocab_size,

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import shapes
-from common import load_checked, load_hf_state_dict, read_json, run_moved, save_hf_dir, tensor_dtype
+from common import (InputNotFound, UserError, load_checked, load_hf_state_dict, read_json, run_moved, save_hf_dir,
+                    tensor_dtype)
 from model import attention
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -66,17 +67,17 @@ class VisionConfig:
                          num_hidden_layers=4, num_attention_heads=4),
         }
         if name not in presets:
-            raise ValueError(f"unknown vision preset {name!r}; choose one of {sorted(presets)}")
+            raise UserError(f"unknown vision preset {name!r}; choose one of {sorted(presets)}")
         return cls(**{**presets[name], **overrides})
 
     def __post_init__(self):
         if self.image_size % self.patch_size or self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size "
-                             f"({self.patch_size}) and hidden_size ({self.hidden_size}) of "
-                             f"num_attention_heads ({self.num_attention_heads})")
+            raise UserError(f"image_size ({self.image_size}) must be a multiple of patch_size "
+                            f"({self.patch_size}) and hidden_size ({self.hidden_size}) of "
+                            f"num_attention_heads ({self.num_attention_heads})")
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; "
-                             f"expected one of {sorted(ACTIVATIONS)}")
+            raise UserError(f"hidden_act {self.hidden_act!r} is not supported; "
+                            f"expected one of {sorted(ACTIVATIONS)}")
 
 
 ACTIVATIONS = {"quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # OpenAI's CLIP
@@ -188,8 +189,8 @@ class CLIPVisionTower(nn.Module):
         block, -2 (LLaVA's choice) block L-1, and blocks after it need not run at all."""
         L = self.config.num_hidden_layers
         if not -(L + 1) <= select_layer <= L:
-            raise ValueError(f"select_layer {select_layer} is out of range for {L} layers: "
-                             f"hidden_states has {L + 1} entries, so use -{L + 1}..{L}")
+            raise UserError(f"select_layer {select_layer} is out of range for {L} layers: "
+                            f"hidden_states has {L + 1} entries, so use -{L + 1}..{L}")
         return select_layer % (L + 1)
 
     def hidden_state(self, pixels, blocks):
@@ -216,9 +217,9 @@ class CLIPVisionTower(nn.Module):
         """Load the vision tower of a local HF CLIP directory: a CLIPVisionModel, or a full
         CLIPModel (e.g. openai/clip-vit-large-patch14-336) whose text half is skipped."""
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"{path} is not a directory: expected a Hugging Face CLIP folder "
-                                    f"(config.json + model.safetensors), e.g. a local copy of "
-                                    f"openai/clip-vit-large-patch14-336")
+            raise InputNotFound(f"{path} is not a directory: expected a Hugging Face CLIP folder "
+                                f"(config.json + model.safetensors), e.g. a local copy of "
+                                f"openai/clip-vit-large-patch14-336")
         config = vision_config_from_hf(read_json(os.path.join(path, "config.json")), path)
         state = vision_state_dict(load_hf_state_dict(path))
         with torch.device("meta"):  # no memory, no init: the checkpoint's tensors are taken as they are
@@ -248,9 +249,9 @@ def vision_config_from_hf(hf, source):
     if kind == "clip" and isinstance(hf.get("vision_config"), dict):
         hf = hf["vision_config"]
     elif kind != "clip_vision_model":
-        raise ValueError(f"{source}/config.json has model_type {kind!r}: expected a CLIP model "
-                         f"('clip' with a vision_config, or 'clip_vision_model'). Other towers "
-                         f"(SigLIP, EVA-CLIP, ...) differ in architecture and are not supported")
+        raise UserError(f"{source}/config.json has model_type {kind!r}: expected a CLIP model "
+                        f"('clip' with a vision_config, or 'clip_vision_model'). Other towers "
+                        f"(SigLIP, EVA-CLIP, ...) differ in architecture and are not supported")
     return VisionConfig(**{k: hf.get(k, d) for k, d in HF_DEFAULTS.items()})
 
 
@@ -284,8 +285,8 @@ class OracleTower(nn.Module):
         for name in ("train", "test", "compositional"):
             path = os.path.join(world, f"scenes_{name}.jsonl")
             if not os.path.exists(path):
-                raise FileNotFoundError(f"{path} does not exist: the oracle tower needs a shapes world "
-                                        f"(python shapes.py --out {world})")
+                raise InputNotFound(f"{path} does not exist: the oracle tower needs a shapes world "
+                                    f"(python shapes.py --out {world})")
             with open(path) as f:
                 for line in f:
                     scene = json.loads(line)
@@ -351,14 +352,16 @@ def load_rgb(image):
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if not os.path.isfile(image):
-        raise FileNotFoundError(f"image {image} not found; check the image folder the dataset's "
-                                f"paths are relative to")
+        raise InputNotFound(f"image {image} not found; check the image folder the dataset's "
+                            f"paths are relative to")
     try:
         with Image.open(image) as img:
             return img.convert("RGB")  # decodes every pixel: a truncated file fails here
+    except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL will decode
+        raise UserError(f"image {image} is refused: {e} Resize it, or remove the sample that uses it") from None
     except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read image {image}: {e}. The file is corrupt or not an image; "
-                         f"re-create or re-download it, or remove the sample that uses it") from None
+        raise UserError(f"cannot read image {image}: {e}. The file is corrupt or not an image; "
+                        f"re-create or re-download it, or remove the sample that uses it") from None
 
 
 def expand2square(img, fill):

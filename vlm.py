@@ -147,7 +147,7 @@ class XmodelVLM(nn.Module):
         tower = CLIPVisionTower.from_hf(vision_path, select_layer=cfg.get("mm_vision_select_layer", -2))
         kind, tokens = projector_from_config(cfg["mm_projector_type"], cfg.get("mm_image_tokens"),
                                              tower.num_patches)
-        lm_config = config_from_hf(cfg)
+        lm_config = config_from_hf(cfg, path)
         projector = build_projector(kind, tower.hidden_size, lm_config.n_embd, tower.grid, tokens)
         state = load_hf_state_dict(path)
         prefix = "model.mm_projector."

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
+from common import UserError
 
 
 # -----------------------------------------------------------------------------
@@ -74,10 +75,10 @@ class DepthwiseConv(nn.Module):
 
 def _check_tokens(kind, grid, tokens, possible):
     if tokens not in possible:
-        raise ValueError(f"projector '{kind}' on a {grid}x{grid} grid cannot give {tokens} "
-                         f"tokens; the counts it can give are {possible}. Pick one of those, or "
-                         f"another kind (xdp-concat gives any divisor of {grid * grid}, ldpv2 "
-                         f"any k*k with k <= {grid})")
+        raise UserError(f"projector '{kind}' on a {grid}x{grid} grid cannot give {tokens} "
+                        f"tokens; the counts it can give are {possible}. Pick one of those, or "
+                        f"another kind (xdp-concat gives any divisor of {grid * grid}, ldpv2 "
+                        f"any k*k with k <= {grid})")
 
 
 def _check_input(x, grid, kind):
@@ -263,8 +264,8 @@ def grid_tokens(n, grid):
     576, 144, 36, 4, 1 are strides 1, 2, 4, 12, 24, i.e. 64, 16, 4, 1, 1 on the tiny CLIP's 8x8."""
     side = math.isqrt(n)
     if side * side != n or PAPER_GRID % side:
-        raise ValueError(f"--tokens {n}: the paper's counts are squares whose side divides 24 "
-                         f"(576, 144, 64, 36, 16, 9, 4, 1), as strides on its 24x24 grid")
+        raise UserError(f"--tokens {n}: the paper's counts are squares whose side divides 24 "
+                        f"(576, 144, 64, 36, 16, 9, 4, 1), as strides on its 24x24 grid")
     return math.ceil(grid / (PAPER_GRID // side)) ** 2
 
 
@@ -277,7 +278,7 @@ def build_projector(kind="xdp", in_dim=1024, out_dim=2048, grid=24, tokens=None)
     the kind can give that keeps at most a quarter of the patches (144 on 24x24; 576 for linear
     and mlp2x_gelu, which keep every patch)."""
     if kind not in PROJECTORS:
-        raise ValueError(f"unknown projector kind '{kind}'; choose one of {list(PROJECTORS)}")
+        raise UserError(f"unknown projector kind '{kind}'; choose one of {list(PROJECTORS)}")
     cls = PROJECTORS[kind]
     if tokens is None:
         counts = cls.token_counts(grid)
@@ -306,7 +307,7 @@ def load_mobilevlm_projector(module, state_dict, prefix="model.mm_projector."):
         ours[key] = value
     missing, unexpected = module.load_state_dict(ours, strict=False)
     if missing or unexpected:
-        raise ValueError(f"this checkpoint does not fit the {type(module).__name__} projector: "
-                         f"missing {missing}, unexpected {unexpected}. Check that its "
-                         f"mm_projector_type (ldpnet -> ldp, ldpnetv2 -> ldpv2) matches the kind")
+        raise UserError(f"this checkpoint does not fit the {type(module).__name__} projector: "
+                        f"missing {missing}, unexpected {unexpected}. Check that its "
+                        f"mm_projector_type (ldpnet -> ldp, ldpnetv2 -> ldpv2) matches the kind")
     return module

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common import lr_at, parse_config, read_json, save_hf_dir, tensor_dtype
+from common import UserError, lr_at, parse_config, read_json, save_hf_dir, tensor_dtype
 from train_lm import TRAIN_PRESETS, TrainConfig
 
 
@@ -15,12 +15,12 @@ def test_config_overrides():
     cfg = parse_config(TrainConfig, ["--lr=0.01", "--compile=true", "--preset=xmodel-1.1b"],
                        presets=TRAIN_PRESETS)
     assert cfg.lr == 0.01 and cfg.compile is True and cfg.seq_len == 4096 and cfg.batch_size == 864
-    with pytest.raises(SystemExit, match="did you mean --max_steps"):
+    with pytest.raises(UserError, match="did you mean --max_steps"):
         parse_config(TrainConfig, ["--max_step=3"])
-    with pytest.raises(SystemExit, match="expects a value of type int"):
+    with pytest.raises(UserError, match="expects a value of type int"):
         parse_config(TrainConfig, ["--max_steps=many"])
     assert parse_config(TrainConfig, ["--micro_batch=auto"]).micro_batch == 0   # the planner picks
-    with pytest.raises(SystemExit, match="expects a value of type int"):       # only where supported
+    with pytest.raises(UserError, match="expects a value of type int"):        # only where supported
         parse_config(TrainConfig, ["--batch_size=auto"])
 
 

@@ -231,4 +231,4 @@ def test_cli_encode(bpe, capsys):
     printed = capsys.readouterr().out
     assert f"[{bpe.bos_id}, " in printed and "decoded: '<|endoftext|>the 12'" in printed
     with pytest.raises(SystemExit, match="error: no tokenizer file at"):
-        T.main(["encode", "--tokenizer", "/nonexistent/t.model", "x"])
+        T.run_main(T.main, ["encode", "--tokenizer", "/nonexistent/t.model", "x"])
