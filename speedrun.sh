@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The whole pipeline on the shapes world, on a CPU, step by step. Each line is a plain command
-# you can copy and run alone; together they take about 12 minutes on 2 cores.
+# you can copy and run alone; together they take about 12 minutes on 2 cores. The first installs
+# what requirements.txt lists and this Python lacks (nothing when all is there; never a CUDA torch
+# by accident: see setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
+
+bash setup.sh requirements.txt                   # 0. what the scripts need, if missing
 
 python shapes.py --out data/shapes               # 1. the data: images, corpus, LLaVA JSON, benchmarks
 python train_lm.py                                # 2. tokenizer + a tiny Xmodel-LM pretrained on the corpus
