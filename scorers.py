@@ -8,7 +8,7 @@ MME, MMBench(-CN), MM-Vet, and the shapes world's held-out sets (shapes_*), whic
 Each scorer restates an official script (named in its comment) and keeps that script's quirks,
 so that its numbers can be compared with published ones. Input that would make a score wrong
 (a bad line, a missing or extra question, POPE answers out of order) raises ScoreError naming
-the file and line: nothing is scored on partial data. Plain Python: no torch needed.
+the file and line: nothing is scored on partial data. Plain Python: the scoring uses no torch.
 """
 
 import csv
@@ -23,6 +23,8 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 
+from common import InputNotFound, UserError, not_utf8
+
 # The prompt suffixes of LLaVA-1.5's data and benchmark question files, verbatim. The scorers
 # read answers to prompts worded with them; the shapes world (shapes.py) words its training and
 # benchmark files with them; `eval_vlm.py run` appends CHOICE where a question file leaves it out.
@@ -35,7 +37,7 @@ CHOICE = "\nAnswer with the option's letter from the given choices directly."
 
 
 
-class ScoreError(ValueError):
+class ScoreError(UserError):
     """Input that cannot be scored as given; the message says where and what to do."""
 
 
@@ -107,11 +109,27 @@ def load_json(path):
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ScoreError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise ScoreError(not_utf8(path, e)) from None
+    except FileNotFoundError:
+        raise InputNotFound(f"{path} not found") from None
 
 
 def load_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The objects of a JSON-lines file; a line that is not JSON is named."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+        raise ScoreError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise ScoreError(not_utf8(path, e)) from None
+    except FileNotFoundError:
+        raise InputNotFound(f"{path} not found") from None
+    return rows
 
 
 def mean(xs):
