@@ -349,11 +349,16 @@ def read_json(path):
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
-                        f"save it as UTF-8 JSON") from None
+        raise UserError(not_utf8(path, e)) from None
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a JSON object of settings, found a {type(config).__name__}")
     return config
+
+
+def not_utf8(path, e):
+    """The message for a UnicodeDecodeError `e` reading the text file `path`."""
+    return (f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); convert it to "
+            f"UTF-8, e.g. `iconv -f latin1 -t utf-8`")
 
 
 def load_hf_state_dict(path):
