@@ -26,9 +26,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from common import run_moved
+from common import InputNotFound, UserError, checked, not_utf8, read_json, run_main, run_moved
 from model import IGNORE_INDEX
-from tokenizer import find_input_files, jsonl_text, load_tokenizer
+from tokenizer import find_input_files, jsonl_text, load_tokenizer, tokenizer_digest
 
 # -----------------------------------------------------------------------------
 # 1. Text shards: raw text -> token shards, and the loader that trains from them
@@ -64,16 +64,16 @@ def read_shard(path):
     with open(path, "rb") as f:
         header = f.read(HEADER_BYTES)
     if len(header) < HEADER_BYTES or header[:8] != SHARD_MAGIC:
-        raise ValueError(f"{path} is not a token shard (bad header); "
-                         f"make shards with `python data.py tokenize`")
+        raise UserError(f"{path} is not a token shard (bad header); "
+                        f"make shards with `python data.py tokenize`")
     _, version, itemsize, count = struct.unpack("<8sIIQ8x", header)
     if version != SHARD_VERSION or itemsize not in (2, 4):
-        raise ValueError(f"{path}: unsupported shard version {version} / token size {itemsize}")
+        raise UserError(f"{path}: unsupported shard version {version} / token size {itemsize}")
     expected = HEADER_BYTES + count * itemsize
     actual = os.path.getsize(path)
     if actual != expected:
-        raise ValueError(f"{path} is truncated or corrupt: header says {count} tokens "
-                         f"({expected} bytes), the file has {actual} bytes; re-run the tokenizer")
+        raise UserError(f"{path} is truncated or corrupt: header says {count} tokens "
+                        f"({expected} bytes), the file has {actual} bytes; re-run the tokenizer")
     dtype = np.uint16 if itemsize == 2 else np.uint32
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
@@ -127,7 +127,11 @@ def tokenize_corpus(inputs, tokenizer_path, out_dir, val_fraction=0.005, shard_t
                     workers=None):
     """Tokenize text files into train/val shards in out_dir; returns a summary dict.
     Files are tokenized in parallel, results are written in file order (deterministic)."""
+    if shard_tokens < 1 or not 0 <= val_fraction < 1:
+        raise UserError(f"shard_tokens must be at least 1 (got {shard_tokens}) and val_fraction in [0, 1) "
+                        f"(got {val_fraction})")
     files = find_input_files(inputs)
+    vocab_size = load_tokenizer(tokenizer_path).vocab_size  # (and a bad tokenizer file is named now)
     os.makedirs(out_dir, exist_ok=True)
     total_bytes = sum(os.path.getsize(f) for f in files)
     totals = Counter()
@@ -167,18 +171,38 @@ def tokenize_corpus(inputs, tokenizer_path, out_dir, val_fraction=0.005, shard_t
     for split in ("train", "val"):
         flush(split, final=True)
     if counts["train"] == 0:
-        raise ValueError(f"no training text found in {', '.join(map(str, inputs))}: "
-                         f"the files are empty (or every document went to val)")
+        raise UserError(f"no training text found in {', '.join(map(str, inputs))}: "
+                        f"the files are empty (or every document went to val)")
     if totals["replaced"]:
         print(f"note: replaced {totals['replaced']} invalid UTF-8 byte sequences with U+FFFD")
     if totals["bad_jsonl"]:
         print(f"note: skipped {totals['bad_jsonl']} malformed .jsonl lines (first at {totals['first_bad_jsonl']})")
     summary = {"files": len(files), "documents": totals["docs"], "train_tokens": counts["train"],
                "val_tokens": counts["val"], "replaced_utf8": totals["replaced"],
-               "bad_jsonl_lines": totals["bad_jsonl"], "tokenizer": str(tokenizer_path)}
+               "bad_jsonl_lines": totals["bad_jsonl"], "tokenizer": str(tokenizer_path), "vocab_size": vocab_size,
+               "tokenizer_sha256": tokenizer_digest(tokenizer_path), "inputs": normalized(inputs)}
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def check_shards_match(shard_dir, tokenizer_path, inputs=None):
+    """Refuse shards that summary.json says were made with another tokenizer (their ids would mean
+    other words) or, when `inputs` is given, from other text files than these."""
+    path = os.path.join(shard_dir, "summary.json")
+    summary = read_json(path) if os.path.isfile(path) else {}
+    if summary.get("tokenizer_sha256", tokenizer_digest(tokenizer_path)) != tokenizer_digest(tokenizer_path):
+        raise UserError(f"the shards in {shard_dir} were made with another tokenizer ({summary.get('tokenizer')}, "
+                        f"says {path}) than {tokenizer_path}; tokenize the text again with this one (delete "
+                        f"{shard_dir}, or use a new --out_dir)")
+    if inputs is not None and summary.get("inputs", normalized(inputs)) != normalized(inputs):
+        raise UserError(f"the shards in {shard_dir} hold {', '.join(summary['inputs'])} (says {path}), not "
+                        f"{', '.join(normalized(inputs))}; delete {shard_dir} to tokenize the new text, or use a new "
+                        f"--out_dir")
+
+
+def normalized(paths):
+    return [os.path.normpath(str(p)) for p in paths]
 
 
 class TokenLoader:
@@ -189,17 +213,17 @@ class TokenLoader:
     with a different number of processes, sees exactly the same global batch. A process
     (rank) reads only its own sequences."""
 
-    def __init__(self, shard_dir, split, seq_len, seed=0, doc_start=None):
+    def __init__(self, shard_dir, split, seq_len, seed=0, doc_start=None, vocab_size=None):
         paths = sorted(glob.glob(os.path.join(shard_dir, f"{split}_*.bin")))
         if not paths:
-            raise FileNotFoundError(f"no {split}_*.bin shards in {shard_dir}; make them with "
-                                    f"`python data.py tokenize --input TEXT --tokenizer TOK --out {shard_dir}`")
-        self.shards = [read_shard(p) for p in paths]
-        self.seq_len, self.seed, self.split = seq_len, seed, split
+            raise InputNotFound(f"no {split}_*.bin shards in {shard_dir}; make them with "
+                                f"`python data.py tokenize --input TEXT --tokenizer TOK --out {shard_dir}`")
+        self.paths, self.shards = paths, [read_shard(p) for p in paths]
+        self.seq_len, self.seed, self.split, self.vocab_size = seq_len, seed, split, vocab_size
         sizes = np.array([len(s) - seq_len - 1 for s in self.shards])
         if (sizes < 0).all():
-            raise ValueError(f"the {split} shards in {shard_dir} hold fewer than seq_len+1 = "
-                             f"{seq_len + 1} tokens; use a shorter --seq_len or more text")
+            raise UserError(f"the {split} shards in {shard_dir} hold fewer than seq_len+1 = "
+                            f"{seq_len + 1} tokens; use a shorter --seq_len or more text")
         # doc_start (the BOS id): windows begin where a document begins, so a question in a
         # window always has the text it asks about before it (a random cut often drops it). The
         # price: a document's tokens past its first window are never read; `coverage` says how
@@ -213,8 +237,8 @@ class TokenLoader:
             self.coverage = reached / sum(len(s) for s in self.shards)
             sizes = np.array([len(st) for st in self.starts])
             if not sizes.any():
-                raise ValueError(f"no document in the {split} shards in {shard_dir} starts {seq_len + 1} "
-                                 f"tokens before the end; use a shorter --seq_len or more text")
+                raise UserError(f"no document in the {split} shards in {shard_dir} starts {seq_len + 1} "
+                                f"tokens before the end; use a shorter --seq_len or more text")
         self.weights = np.clip(sizes, 0, None) / np.clip(sizes, 0, None).sum()
 
     def sequence(self, step, i):
@@ -225,7 +249,12 @@ class TokenLoader:
             start = int(rng.integers(0, len(shard) - self.seq_len - 1 + 1))
         else:
             start = int(self.starts[k][rng.integers(0, len(self.starts[k]))])
-        return np.asarray(shard[start:start + self.seq_len + 1], dtype=np.int64)
+        window = np.asarray(shard[start:start + self.seq_len + 1], dtype=np.int64)
+        if self.vocab_size is not None and window.max() >= self.vocab_size:
+            raise UserError(f"{self.paths[k]} holds token id {window.max()} (near token {start}), beyond the model's "
+                            f"vocabulary of {self.vocab_size}: the shards were made with another tokenizer; "
+                            f"tokenize the text again with the model's")
+        return window
 
     def batch(self, step, indices):
         """The sequences with the given indices of global batch `step`: x, y (len, seq_len)."""
@@ -260,7 +289,7 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
                  "gives helpful, detailed, and polite answers to the user's questions.")
 
 
-class SampleError(ValueError):
+class SampleError(UserError):
     """A sample that cannot be turned into training data; the dataset skips and counts it."""
 
 
@@ -272,7 +301,7 @@ def template_pieces(turns, template):
         pieces = [(IMAGE, False, False)] if IMAGE in turns[0]["value"] else []
         return pieces + ([(turns[1]["value"] + "\n", True, False)] if len(turns) > 1 else [])
     if template != "vicuna_v1":
-        raise ValueError(f"unknown template {template!r}; expected one of {CHAT_TEMPLATES}")
+        raise UserError(f"unknown template {template!r}; expected one of {CHAT_TEMPLATES}")
     pieces = [(VICUNA_SYSTEM + " ", False, False)]
     for i in range(0, len(turns), 2):
         question = turns[i]["value"]
@@ -318,6 +347,9 @@ def check_turns(sample, where):
         raise SampleError(f"{where}: expected turns alternating human, gpt, ...; found roles {roles}")
     if any(not isinstance(t.get("value"), str) or not t["value"].strip() for t in turns):
         raise SampleError(f"{where}: every turn needs a non-empty string 'value'")
+    if "image" in sample and (not isinstance(sample["image"], str) or not sample["image"].strip()):
+        raise SampleError(f"{where}: 'image' must be a file name (relative to the image folder), found "
+                          f"{sample['image']!r}; leave the key out for a text-only sample")
     n_image = sum(t["value"].count(IMAGE) for t in turns)
     want = 1 if "image" in sample else 0
     if n_image != want or (want and IMAGE not in turns[0]["value"]):
@@ -329,14 +361,16 @@ def check_turns(sample, where):
 def load_llava_json(path):
     """The list of samples of a LLaVA JSON file, with a clear error if it is not one."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: expected a LLaVA JSON file (a list of samples)")
-    with open(path, encoding="utf-8") as f:
-        try:
+        raise InputNotFound(f"{path} not found: expected a LLaVA JSON file (a list of samples)")
+    try:
+        with open(path, encoding="utf-8") as f:
             samples = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(not_utf8(path, e)) from None
     if not isinstance(samples, list):
-        raise ValueError(f"{path}: expected a JSON list of samples, found {type(samples).__name__}")
+        raise UserError(f"{path}: expected a JSON list of samples, found {type(samples).__name__}")
     return samples
 
 
@@ -359,8 +393,9 @@ class LLaVADataset(torch.utils.data.Dataset):
     A sample that cannot be used (bad structure, missing or corrupt image, labels that cannot
     be built, too long) comes back as {"id", "skip": reason}; the collator drops it and the
     trainer counts it. `n_image_tokens` is how many positions the image expands to: a sample
-    longer than max_len is cut at the end, never inside the image, and dropped if nothing
-    supervised would remain."""
+    longer than max_len is cut at the end (as LLaVA's model_max_length does; "cut" says so and
+    the trainer counts it), never inside the image, and dropped if nothing supervised would
+    remain. The plain template (stage 1) skips text-only samples: they never reach the projector."""
 
     def __init__(self, json_path, image_folder, tok, template, image_processor, n_image_tokens, max_len):
         self.samples = load_llava_json(json_path)
@@ -370,19 +405,44 @@ class LLaVADataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, i):
+    def sample_id(self, i):
         sample = self.samples[i]
-        sid = sample.get("id", f"#{i}") if isinstance(sample, dict) else f"#{i}"
+        return sample.get("id", f"#{i}") if isinstance(sample, dict) else f"#{i}"
+
+    def check(self, i):
+        """The checks that need neither the tokenizer nor the pixels: the sample's turns, or SampleError."""
+        sample, where = self.samples[i], f"{self.path}: sample {i} (id {self.sample_id(i)})"
+        turns = check_turns(sample, where)
+        if self.template == "plain" and "image" not in sample:
+            raise SampleError(f"{where} has no image: stage 1 (the plain template) trains only the "
+                              f"projector, which a text-only sample never reaches")
+        if "image" in sample and not os.path.isfile(os.path.join(self.image_folder, sample["image"])):
+            raise SampleError(f"{where}: image {sample['image']!r} not found under {self.image_folder}")
+        return turns
+
+    def unusable(self):
+        """(id, reason) of every sample that check() refuses: a quick pass before training."""
+        bad = []
+        for i in range(len(self)):
+            try:
+                self.check(i)
+            except SampleError as e:
+                bad.append((self.sample_id(i), str(e)))
+        return bad
+
+    def __getitem__(self, i):
+        sample, sid = self.samples[i], self.sample_id(i)
         try:
-            turns = check_turns(sample, f"{self.path}: sample {i} (id {sid})")
-            ids, labels = build_sample(turns, self.tok, self.template, sid)
+            ids, labels = build_sample(self.check(i), self.tok, self.template, sid)
+            n = len(ids)
             ids, labels = self.truncate(ids, labels, sid)
             pixels = None
             if "image" in sample:
                 pixels = self.image_processor(os.path.join(self.image_folder, sample["image"]))
-        except (SampleError, FileNotFoundError, ValueError) as e:
+        except UserError as e:  # SampleError, and an image that cannot be read
             return {"id": sid, "skip": str(e)}
-        return {"id": sid, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels}
+        return {"id": sid, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels,
+                "cut": len(ids) < n}
 
     def truncate(self, ids, labels, sid):
         extra = self.n_image_tokens - 1 if IMAGE_TOKEN_INDEX in ids else 0  # the placeholder expands
@@ -400,8 +460,8 @@ class LLaVADataset(torch.utils.data.Dataset):
 
 def collate(samples, pad_id):
     """Right-pad a list of dataset items into a batch. Skipped items are dropped and listed
-    under "skipped" as (id, reason). pixels holds the images of the samples that have one,
-    in order; has_image says which those are."""
+    under "skipped" as (id, reason); "cut" lists the samples cut at max_len. pixels holds the
+    images of the samples that have one, in order; has_image says which those are."""
     ok = [s for s in samples if "skip" not in s]
     T = max((len(s["input_ids"]) for s in ok), default=0)
     input_ids = torch.full((len(ok), T), pad_id, dtype=torch.long)
@@ -414,7 +474,7 @@ def collate(samples, pad_id):
             "lengths": torch.tensor([len(s["input_ids"]) for s in ok], dtype=torch.long),
             "pixels": torch.stack(images) if images else None,
             "has_image": torch.tensor([s["pixels"] is not None for s in ok], dtype=torch.bool),
-            "ids": [s["id"] for s in ok],
+            "ids": [s["id"] for s in ok], "cut": [s["id"] for s in ok if s.get("cut")],
             "skipped": [(s["id"], s["skip"]) for s in samples if "skip" in s]}
 
 
@@ -440,13 +500,15 @@ def main(argv=None):
     p.add_argument("--input", nargs="+", required=True, help="text files or folders (searched recursively)")
     p.add_argument("--tokenizer", required=True, help="a SentencePiece .model or a .tiktoken file")
     p.add_argument("--out", required=True, help="output folder for the shards and summary.json")
-    p.add_argument("--val_fraction", type=float, default=0.005, help="share of documents for validation (default 0.005)")
-    p.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard file (default 1e8)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    p.add_argument("--val_fraction", type=checked(float, "0 <= x < 1"), default=0.005,
+                   help="share of documents for validation (default 0.005)")
+    p.add_argument("--shard_tokens", type=checked(int, "x >= 1"), default=100_000_000,
+                   help="tokens per shard file (default 1e8)")
+    p.add_argument("--workers", type=checked(int, "x >= 1"), default=None, help="processes (default: one per core)")
     p.set_defaults(func=tokenize_main)
     args = parser.parse_args(argv)
     args.func(args)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

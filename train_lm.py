@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -38,11 +37,11 @@ import torch.distributed as dist
 
 import data
 import shapes
-from common import (distribute, format_time, full_weights, load_checked, load_checkpoint, load_optimizer_state,
-                    lr_at, make_optimizer, parse_config, peak_flops, read_json, save_checkpoint, scalar,
-                    setup_distributed)
+from common import (InputNotFound, UserError, check_device, distribute, format_time, full_weights, load_checked,
+                    load_checkpoint, load_optimizer_state, lr_at, make_optimizer, parse_config, peak_flops, read_json,
+                    run_main, save_checkpoint, scalar, setup_distributed)
 from model import LOSS_CHUNK, LMConfig, XmodelLM, config_from_hf
-from tokenizer import load_tokenizer, train_sentencepiece
+from tokenizer import find_tokenizer, load_tokenizer, save_tokenizer, tokenizer_digest, train_sentencepiece
 
 
 @dataclass
@@ -90,6 +89,12 @@ class TrainConfig:
     sample_tokens: int = 48         # tokens generated per sample at each evaluation
 
     AUTO = ("micro_batch",)         # settings that accept --key=auto
+    CHECKS = dict(                  # the values each setting allows; parse_config refuses others at once
+        preset=LMConfig.preset, vocab_size="x >= 260", sp_model=("unigram", "bpe"), seq_len="x >= 1",
+        batch_size="x >= 1", micro_batch="x >= 0", max_steps="x >= 1", lr="x > 0", min_lr="x >= 0",
+        warmup_steps="x >= 0", weight_decay="x >= 0", beta1="0 <= x < 1", beta2="0 <= x < 1", eps="x > 0",
+        grad_clip="x > 0", device=check_device, seed="x >= 0", out_dir="x != ''", log_interval="x >= 1",
+        eval_interval="x >= 1", eval_batches="x >= 1", ckpt_interval="x >= 1", sample_tokens="x >= 1")
 
 
 # Training presets: the default above is the CPU shapes-world run; this is the paper's recipe.
@@ -112,21 +117,24 @@ def prepare_data(cfg, rank):
     """Returns (tokenizer, shard folder), making whatever is missing (on rank 0)."""
     corpus = cfg.corpus
     if not corpus:
-        raise SystemExit("--corpus is required: a folder or files of raw text (.txt, .jsonl), "
-                         "or a folder of token shards")
+        raise UserError("--corpus is required: a folder or files of raw text (.txt, .jsonl), "
+                        "or a folder of token shards")
     if corpus == TrainConfig.corpus and not os.path.exists(corpus) and rank == 0:
         print(f"{corpus} does not exist: generating the shapes world (python shapes.py)")
         shapes.generate_shapes_world(os.path.dirname(corpus))
     if not os.path.exists(corpus):
-        raise SystemExit(f"--corpus {corpus} does not exist")
-    tok_path = cfg.tokenizer or os.path.join(cfg.out_dir, "tokenizer.model")
+        raise InputNotFound(f"--corpus {corpus} does not exist")
+    # a model to continue from brings its own tokenizer: one trained here on another corpus would
+    # give its ids other meanings
+    tok_path = cfg.tokenizer or (find_tokenizer(cfg.init_from) if cfg.init_from else
+                                 os.path.join(cfg.out_dir, "tokenizer.model"))
     is_shards = os.path.isdir(corpus) and any(f.endswith(".bin") for f in os.listdir(corpus))
     shard_dir = corpus if is_shards else os.path.join(cfg.out_dir, "tokens")
     if rank == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if not os.path.exists(tok_path):
             if cfg.tokenizer:
-                raise SystemExit(f"--tokenizer {cfg.tokenizer} does not exist")
+                raise InputNotFound(f"--tokenizer {cfg.tokenizer} does not exist")
             print(f"training a SentencePiece {cfg.sp_model} tokenizer (vocab {cfg.vocab_size}) on {corpus}")
             # hard_vocab_limit off: a small corpus may support fewer pieces than asked for
             train_sentencepiece([corpus], tok_path, vocab_size=cfg.vocab_size, hard_vocab_limit=False,
@@ -135,6 +143,7 @@ def prepare_data(cfg, rank):
         if not is_shards and not os.path.exists(summary):
             print(f"tokenizing {corpus} into {shard_dir}")
             data.tokenize_corpus([corpus], tok_path, shard_dir)
+        data.check_shards_match(shard_dir, tok_path, None if is_shards else [corpus])
     if dist.is_initialized():
         dist.barrier()
     return load_tokenizer(tok_path), tok_path, shard_dir
@@ -154,28 +163,39 @@ def train(cfg, stop_at=None):
     # the model's config first, so that a resumed run refuses a mismatched checkpoint at once
     ckpt_dir = os.path.join(cfg.out_dir, "ckpt")
     if cfg.init_from:
-        model_config = config_from_hf(read_json(os.path.join(cfg.init_from, "config.json")), cfg.init_from)
+        hf = read_json(os.path.join(cfg.init_from, "config.json"))
+        model_config = config_from_hf(hf, cfg.init_from)
+        if hf.get("tokenizer_sha256", tokenizer_digest(tok_path)) != tokenizer_digest(tok_path):
+            raise UserError(f"--tokenizer {tok_path} is not the tokenizer {cfg.init_from} was trained with "
+                            f"({hf['tokenizer_file']}, says its config.json): leave --tokenizer out to use that one")
+        if cfg.seq_len > model_config.max_seq_len:
+            raise UserError(f"--seq_len={cfg.seq_len} is longer than {cfg.init_from}'s context "
+                            f"(max_position_embeddings {model_config.max_seq_len}); use --seq_len <= that")
     else:
         preset_len = LMConfig.preset(cfg.preset).max_seq_len
         model_config = LMConfig.preset(cfg.preset, vocab_size=tok.vocab_size,
                                        max_seq_len=max(cfg.seq_len, preset_len))
-    if model_config.vocab_size < tok.vocab_size:
-        raise SystemExit(f"the model's vocab ({model_config.vocab_size}) is smaller than the "
-                         f"tokenizer's ({tok.vocab_size})")
+    if model_config.vocab_size != tok.vocab_size:
+        raise UserError(f"the model's vocabulary ({model_config.vocab_size}, {cfg.init_from}/config.json) and the "
+                        f"tokenizer's ({tok.vocab_size}, {tok_path}) differ: that is not the tokenizer the model "
+                        f"was trained with; give --tokenizer the model's own")
     if cfg.micro_batch == 0:  # --micro_batch=auto
         cfg = dataclasses.replace(cfg, micro_batch=auto_micro_batch(cfg, model_config, world, device, master))
     if cfg.batch_size % (cfg.micro_batch * world):
-        raise SystemExit(f"batch_size {cfg.batch_size} must be a multiple of micro_batch x processes "
-                         f"= {cfg.micro_batch} x {world}")
+        raise UserError(f"--batch_size={cfg.batch_size} must be a multiple of micro_batch x processes "
+                        f"= {cfg.micro_batch} x {world}")
     grad_accum = cfg.batch_size // (cfg.micro_batch * world)
     state = None
     if cfg.resume:
-        weights, state = load_checkpoint(ckpt_dir)
+        weights, state = load_checkpoint(ckpt_dir, expect="model")
         if state["config"]["model"] != dataclasses.asdict(model_config):
-            raise SystemExit(f"checkpoint {ckpt_dir} was saved from a different model config:\n"
-                             f"  checkpoint: {state['config']['model']}\n  this run:   "
-                             f"{dataclasses.asdict(model_config)}\nuse the same --preset/--tokenizer, "
-                             f"or a new --out_dir")
+            raise UserError(f"checkpoint {ckpt_dir} was saved from a different model config:\n"
+                            f"  checkpoint: {state['config']['model']}\n  this run:   "
+                            f"{dataclasses.asdict(model_config)}\nuse the same --preset/--tokenizer, "
+                            f"or a new --out_dir")
+        if state["config"].get("tokenizer_sha256", tokenizer_digest(tok_path)) != tokenizer_digest(tok_path):
+            raise UserError(f"checkpoint {ckpt_dir} was trained with another tokenizer than {tok_path} (same "
+                            f"vocabulary size, other pieces); resume with the run's own --tokenizer")
     model = XmodelLM.from_hf(cfg.init_from) if cfg.init_from else XmodelLM(model_config)
     if state:
         load_checked(model, weights, source=ckpt_dir)
@@ -195,15 +215,18 @@ def train(cfg, stop_at=None):
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if master:
             print(f"resumed from {ckpt_dir} at step {step}")
+        if master and step >= cfg.max_steps:
+            print(f"note: the checkpoint is at step {step} and --max_steps={cfg.max_steps}: nothing is left to "
+                  f"train; exporting the checkpoint's model (a larger --max_steps continues training)")
     fsdp = cfg.fsdp and world > 1
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                 else nullcontext())
 
-    train_data = data_loader(shard_dir, "train", cfg, tok.bos_id)
+    train_data = data_loader(shard_dir, "train", cfg, tok.bos_id, model_config.vocab_size)
     if master and train_data.coverage < 0.99:
         print(f"note: sequences start at documents (--align_docs), so they reach only "
               f"{train_data.coverage:.1%} of the training tokens; --align_docs=false reads all of long documents")
-    val_data = data_loader(shard_dir, "val", cfg, tok.bos_id, missing_ok=True) or train_data
+    val_data = data_loader(shard_dir, "val", cfg, tok.bos_id, model_config.vocab_size, missing_ok=True) or train_data
     tokens_per_step = cfg.batch_size * cfg.seq_len
     flops_per_step = raw_model.flops_per_token(cfg.seq_len) * tokens_per_step
     peak = peak_flops(device)
@@ -213,7 +236,8 @@ def train(cfg, stop_at=None):
               f"global batch {cfg.batch_size} x {cfg.seq_len} = {tokens_per_step} tokens | "
               f"grad accumulation {grad_accum}")
     metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
-    run_config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(raw_model.config)}
+    run_config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(raw_model.config),
+                  "tokenizer_sha256": tokenizer_digest(tok_path)}
 
     t_start, t_last, start_step, done = time.time(), time.time(), step, step
     for step in range(start_step, cfg.max_steps):
@@ -238,9 +262,9 @@ def train(cfg, stop_at=None):
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         loss_value = loss_sum.item() / grad_accum
         if not math.isfinite(loss_value):
-            raise SystemExit(f"loss is {loss_value} at step {step}: training diverged. The last good "
-                             f"checkpoint is in {ckpt_dir}; try a lower --lr or a longer --warmup_steps, "
-                             f"then --resume")
+            raise UserError(f"loss is {loss_value} at step {step}: training diverged. The last good "
+                            f"checkpoint is in {ckpt_dir}; try a lower --lr or a longer --warmup_steps, "
+                            f"then --resume")
         grad_norm = scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -272,15 +296,15 @@ def train(cfg, stop_at=None):
         if done == stop_at:
             break
 
-    if fsdp and done == cfg.max_steps:  # rank 0 carries on with a whole copy
+    if fsdp and done >= cfg.max_steps:  # rank 0 carries on with a whole copy
         weights = full_weights(raw_model)
         raw_model = XmodelLM(raw_model.config).to(device) if master else raw_model
         if master:
             raw_model.load_state_dict(weights)
-    if master and done == cfg.max_steps:
+    if master and done >= cfg.max_steps:  # (a resumed run may have had nothing left to do)
         export_dir = os.path.join(cfg.out_dir, "model")
         raw_model.save_hf(export_dir)
-        shutil.copy(tok_path, os.path.join(export_dir, os.path.basename(tok_path)))
+        save_tokenizer(tok_path, export_dir)
         print(f"done in {format_time(time.time() - t_start)}; model saved to {export_dir}")
         for text in generate_sample(raw_model, tok, cfg, device, n=4):
             print("  >", text)
@@ -385,8 +409,8 @@ def auto_micro_batch(cfg, config, world, device, master):
     gpu = torch.cuda.get_device_properties(device).total_memory
     mb = largest_micro_batch(config, cfg.seq_len, gpu, cfg.checkpointing, world, per_process, cfg.fsdp)
     if mb == 0:
-        raise SystemExit(f"not one sequence of {cfg.seq_len} tokens fits in {gpu / 2**30:.0f} GiB "
-                         f"with preset {cfg.preset}" + ("" if cfg.checkpointing else "; try --checkpointing=true"))
+        raise UserError(f"not one sequence of {cfg.seq_len} tokens fits in {gpu / 2**30:.0f} GiB "
+                        f"with preset {cfg.preset}" + ("" if cfg.checkpointing else "; try --checkpointing=true"))
     if master:
         print_plan(config, cfg.seq_len, mb, cfg.checkpointing, world, gpu, cfg.fsdp)
     return mb
@@ -423,10 +447,10 @@ def reading_check(model, tok, scenes_path, device, n=300):
     return accuracy
 
 
-def data_loader(shard_dir, split, cfg, bos_id, missing_ok=False):
+def data_loader(shard_dir, split, cfg, bos_id, vocab_size, missing_ok=False):
     try:
         return data.TokenLoader(shard_dir, split, cfg.seq_len, seed=cfg.seed if split == "train" else cfg.seed + 1,
-                                doc_start=bos_id if cfg.align_docs else None)
+                                doc_start=bos_id if cfg.align_docs else None, vocab_size=vocab_size)
     except FileNotFoundError:
         if missing_ok:
             return None
@@ -462,4 +486,4 @@ def generate_sample(model, tok, cfg, device, n=None, temperature=0.8, top_k=50):
 
 
 if __name__ == "__main__":
-    train(parse_config(TrainConfig, presets=TRAIN_PRESETS))
+    run_main(lambda argv: train(parse_config(TrainConfig, argv, presets=TRAIN_PRESETS)))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import shapes
 import train_lm
-from common import parse_config
+from common import UserError, parse_config
 from train_lm import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,7 @@ def test_exact_resume(workdir):
 def test_resume_with_another_config_is_a_clear_error(workdir, capsys):
     root, corpus, tok = workdir
     train_lm.train(tiny_config(root, corpus, tok, "cfg", max_steps=2))
-    with pytest.raises(SystemExit, match="different model config"):
+    with pytest.raises(UserError, match="different model config"):
         train_lm.train(tiny_config(root, corpus, tok, "cfg", preset="small", resume=True))
 
 
@@ -131,7 +131,7 @@ def test_two_processes_match_one_and_resume_across_world_sizes(workdir, mode):
 
 def test_missing_corpus_is_a_clear_error(tmp_path):
     cfg = TrainConfig(corpus=str(tmp_path / "nothing"), out_dir=str(tmp_path / "out"))
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         train_lm.train(cfg)
 
 
