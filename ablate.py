@@ -18,13 +18,12 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import torch
 
 import train_vlm
-from common import read_json
+from common import UserError, checked, read_json, run_main
 from eval_vlm import run
 from model import config_from_hf
 from scorers import load_json, rounded, score
@@ -131,24 +130,21 @@ def main(argv=None):
     parser.add_argument("--data", default="data/shapes", help="the shapes world (python shapes.py)")
     parser.add_argument("--lm", default="out/lm/model", help="the LM every setting starts from")
     parser.add_argument("--vision", default="out/clip_tiny", help="the CLIP tower")
-    parser.add_argument("--steps1", type=int, default=100, help="stage-1 steps per setting")
-    parser.add_argument("--steps2", type=int, default=100, help="stage-2 steps per setting")
+    parser.add_argument("--steps1", type=checked(int, "x >= 1"), default=100, help="stage-1 steps per setting")
+    parser.add_argument("--steps2", type=checked(int, "x >= 1"), default=100, help="stage-2 steps per setting")
     parser.add_argument("--out", default="out/ablation", help="one folder per setting, ablation.md and .png")
     args = parser.parse_args(argv)
     try:
         projectors = [p for p in args.projector.split(",") if p]
         tokens = [int(t) for t in args.tokens.split(",") if t]
     except ValueError:
-        sys.exit(f"ablate.py: --tokens takes comma-separated integers, got {args.tokens!r}")
+        raise UserError(f"--tokens takes comma-separated integers, got {args.tokens!r}") from None
     if not projectors:
-        sys.exit("ablate.py: --projector needs at least one projector kind")
+        raise UserError("--projector needs at least one projector kind")
     os.makedirs(args.out, exist_ok=True)
-    try:
-        ablate(projectors, tokens, args.data, args.out, lm=args.lm, vision=args.vision,
-               steps1=args.steps1, steps2=args.steps2)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"ablate.py: error: {e}")
+    ablate(projectors, tokens, args.data, args.out, lm=args.lm, vision=args.vision,
+           steps1=args.steps1, steps2=args.steps2)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import parse_config, peak_flops
+from common import parse_config, peak_flops, run_main
 from data import IMAGE_TOKEN_INDEX
 from kernels.bench import bench_kernels
 from model import LMConfig, XmodelLM
@@ -74,6 +74,11 @@ class BenchConfig:
     world: int = 1              # memory: processes (DDP adds its gradient buckets)
     fsdp: bool = False          # memory: the processes shard weights, gradients and AdamW state (FSDP2)
     threads: int = 0            # torch threads; 0 = torch's default
+
+    CHECKS = dict(              # the values each setting allows; parse_config refuses others at once
+        preset=LMConfig.preset, batch="x >= 1", seq_len="x >= 1", prompt_len="x >= 1", new_tokens="x >= 1",
+        decode_batch="x >= 1", repeats="x >= 1", vision=VisionConfig.preset, question_len="x >= 0",
+        gpu_gib="x > 0", world="x >= 1", threads="x >= 0")
 
 
 def timed(fn, sync):
@@ -275,6 +280,12 @@ def bench_memory(cfg):
         print(f"  -> largest micro-batch: {mb}\n")
 
 
+def run_mode(mode, cfg):
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    mode(cfg)
+
+
 if __name__ == "__main__":
     modes = {"lm": bench_lm, "kernels": bench_kernels, "vlm": bench_vlm, "memory": bench_memory,
              "train": bench_train, "decode": bench_decode, "cpu": bench_cpu}
@@ -283,7 +294,4 @@ if __name__ == "__main__":
             print(f"usage: python bench.py {{{'|'.join(modes)}}} [--key=value ...]")
         print(__doc__)
         sys.exit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
-    cfg = parse_config(BenchConfig, sys.argv[2:])
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    modes[sys.argv[1]](cfg)
+    run_main(lambda argv: run_mode(modes[sys.argv[1]], parse_config(BenchConfig, argv)), sys.argv[2:])

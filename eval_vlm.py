@@ -41,7 +41,7 @@ import time
 
 import torch
 
-from common import run_moved
+from common import checked, run_main, run_moved
 from data import build_sample
 from scorers import CHOICE, SCORERS, SHAPES, ScoreError, find, load_json, load_jsonl, read_answers, rounded, score
 from vision import ImageProcessor
@@ -79,15 +79,18 @@ def read_questions(bench, data_dir, image_folder=None):
                              f"needs its own question reader")
         question_file = find(data_dir, names[base])
         image_folder = image_folder or data_dir
-    if question_file.endswith(".json"):  # ScienceQA's LLaVA file: conversations, the question first
-        rows = [{"question_id": q["id"], "image": q.get("image"),
-                 "text": q["conversations"][0]["value"].replace("<image>", "").strip()}
-                for q in load_json(question_file)]
-    else:
-        rows = [{"question_id": q["question_id"], "image": q.get("image"), "text": q["text"]}
-                for q in load_jsonl(question_file)]
-    for r in rows:
-        r["image"] = os.path.join(image_folder, r["image"]) if r["image"] else None
+    is_json = question_file.endswith(".json")  # ScienceQA's LLaVA file: conversations, the question first
+    rows = []
+    for n, q in enumerate(load_json(question_file) if is_json else load_jsonl(question_file), 1):
+        try:
+            image = q.get("image")
+            rows.append({"question_id": q["id"] if is_json else q["question_id"],
+                         "image": os.path.join(image_folder, image) if image else None,
+                         "text": q["conversations"][0]["value"].replace("<image>", "").strip() if is_json else q["text"]})
+        except (KeyError, IndexError, TypeError, AttributeError):  # a field missing, or not a string
+            expected = "id, conversations[0].value" if is_json else "question_id, text"
+            raise ScoreError(f"{question_file}, {'question' if is_json else 'line'} {n}: expected {expected} (and "
+                             f"an optional image file name), found {json.dumps(q)[:160]}") from None
     return rows
 
 
@@ -128,19 +131,13 @@ def run(bench, ckpt, data_dir, out, batch_size=32, max_new_tokens=32, image_fold
     print()
 
 
-def run_main(args):
-    try:
-        run(args.bench, args.ckpt, args.data, args.out, args.batch_size, args.max_new_tokens, args.image_folder)
-    except (ScoreError, FileNotFoundError, ValueError) as e:  # a missing file or image, a bad question file
-        sys.exit(f"eval_vlm.py run: error: {e}")
+def run_command(args):
+    run(args.bench, args.ckpt, args.data, args.out, args.batch_size, args.max_new_tokens, args.image_folder)
 
 
-def score_main(args):
-    try:
-        result = rounded(score(args.bench, args.answers, args.data, upload=args.upload, grades=args.grades,
-                               grader=args.grader, grader_model=args.grader_model, grader_prompt=args.grader_prompt))
-    except ScoreError as e:
-        sys.exit(f"eval_vlm.py score: error: {e}")
+def score_command(args):
+    result = rounded(score(args.bench, args.answers, args.data, upload=args.upload, grades=args.grades,
+                           grader=args.grader, grader_model=args.grader_model, grader_prompt=args.grader_prompt))
     print(json.dumps(result, indent=2, ensure_ascii=False))
     print(json.dumps(result, ensure_ascii=False))  # the last line: one JSON object, headline under "score"
 
@@ -198,9 +195,9 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="the benchmark's folder (LLaVA layout), or a shapes world")
     p.add_argument("--out", required=True, help="answer jsonl; questions already answered there are skipped")
     p.add_argument("--image_folder", help="where the question file's images are (default: the --data folder)")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_new_tokens", type=int, default=32)
-    p.set_defaults(func=run_main)
+    p.add_argument("--batch_size", type=checked(int, "x >= 1"), default=32)
+    p.add_argument("--max_new_tokens", type=checked(int, "x >= 1"), default=32)
+    p.set_defaults(func=run_command)
     p = sub.add_parser("score", help="score an answer file by the benchmark's official rules")
     p.add_argument("bench", choices=list(SCORERS), help="which benchmark")
     p.add_argument("--answers", required=True, help="answer jsonl: question_id, prompt, text per line")
@@ -210,10 +207,10 @@ def main(argv=None):
     p.add_argument("--grader", help="mmvet: module:function(prompt, temperature) -> reply, or an OpenAI-compatible URL")
     p.add_argument("--grader_model", default="gpt-4-0613", help="mmvet: the model name sent to a --grader URL")
     p.add_argument("--grader_prompt", help="mmvet: a file with MM-Vet's few-shot grading prompt (needed with --grader)")
-    p.set_defaults(func=score_main)
+    p.set_defaults(func=score_command)
     args = parser.parse_args(argv)
     args.func(args)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

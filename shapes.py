@@ -53,6 +53,7 @@ from multiprocessing import Pool
 
 from PIL import Image, ImageDraw
 
+from common import UserError, checked, run_main
 from data import VICUNA_SYSTEM
 from scorers import CHOICE, SHORT, YESNO
 
@@ -645,9 +646,9 @@ def sample_split(n, seed, stream, pairs, accept, prefix):
                 break
             s = sample_scene(rng, pairs, s["count"] if tries < 20 else None)
         else:
-            raise RuntimeError(f"could not draw {stream} scene {i}: 1000 draws were all rejected (already in "
-                               f"training, probably). With --n_train this large almost every possible scene "
-                               f"is a training scene; lower --n_train or --n_test.")
+            raise UserError(f"could not draw {stream} scene {i}: 1000 draws were all rejected (already in "
+                            f"training, probably). With --n_train this large almost every possible scene "
+                            f"is a training scene; lower --n_train or --n_test.")
         scenes.append({"id": f"{prefix}_{i:06d}", **s})
     return scenes
 
@@ -670,9 +671,9 @@ def generate_shapes_world(out_dir, size=64, n_train=20000, n_test=500, n_comp=30
                           seed=0, workers=None):
     """Write the whole shapes world under out_dir (see the module docstring) and return the manifest."""
     if not 16 <= size <= 336:
-        raise ValueError(f"--size must be between 16 and 336 (the real encoder's input), got {size}")
+        raise UserError(f"--size must be between 16 and 336 (the real encoder's input), got {size}")
     if min(n_train, n_test, n_comp) < 1:
-        raise ValueError(f"--n_train, --n_test and --n_comp must be at least 1, got {n_train}, {n_test}, {n_comp}")
+        raise UserError(f"--n_train, --n_test and --n_comp must be at least 1, got {n_train}, {n_test}, {n_comp}")
 
     # Scenes. Test scenes come from their own RNG stream and are redrawn while they match a
     # training scene; compositional scenes must contain a held-out pair (so they cannot be
@@ -770,13 +771,18 @@ def make_grid(path, seed=0, n=8, size=64, scale=2, cols=4):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data/shapes", help="output folder (default data/shapes); files of the same name are overwritten")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels, 16-336 (default 64)")
-    parser.add_argument("--n_train", type=int, default=20000, help="training scenes (default 20000)")
-    parser.add_argument("--n_test", type=int, default=500, help="held-out test scenes for the benchmarks (default 500)")
-    parser.add_argument("--n_comp", type=int, default=300, help="compositional test scenes (default 300)")
-    parser.add_argument("--corpus_mb", type=float, default=3.0, help="size of corpus/train.txt in MB (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed; the same seed writes byte-identical files")
-    parser.add_argument("--workers", type=int, default=None, help="processes for rendering (default: all cores, max 8)")
+    parser.add_argument("--size", type=checked(int, "16 <= x <= 336"), default=64,
+                        help="image side in pixels, 16-336 (default 64)")
+    parser.add_argument("--n_train", type=checked(int, "x >= 1"), default=20000, help="training scenes (default 20000)")
+    parser.add_argument("--n_test", type=checked(int, "x >= 1"), default=500,
+                        help="held-out test scenes for the benchmarks (default 500)")
+    parser.add_argument("--n_comp", type=checked(int, "x >= 1"), default=300, help="compositional test scenes (default 300)")
+    parser.add_argument("--corpus_mb", type=checked(float, "x > 0"), default=3.0,
+                        help="size of corpus/train.txt in MB (default 3)")
+    parser.add_argument("--seed", type=checked(int, "x >= 0"), default=0,
+                        help="seed; the same seed writes byte-identical files")
+    parser.add_argument("--workers", type=checked(int, "x >= 1"), default=None,
+                        help="processes for rendering (default: all cores, max 8)")
     parser.add_argument("--grid", default=None, metavar="PNG",
                         help="instead: save a picture of 8 scenes to PNG and print questions about them")
     args = parser.parse_args(argv)
@@ -793,4 +799,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

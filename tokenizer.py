@@ -115,9 +115,10 @@ def jsonl_text(line, stats, where):
         text = json.loads(line).get("text")
     except (ValueError, AttributeError):
         text = None
-    if not isinstance(text, str):
+    if not isinstance(text, str):  # not JSON, not an object, no "text", or a "text" that is not a string
         stats["bad_jsonl"] += 1
         stats.setdefault("first_bad_jsonl", where)
+        return None
     return text
 
 

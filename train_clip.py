@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import shapes
-from common import format_time, lr_at, make_optimizer, parse_config, save_checkpoint
+from common import InputNotFound, UserError, format_time, lr_at, make_optimizer, parse_config, run_main, save_checkpoint
+from data import check_turns, load_llava_json
 from model import Body, LMConfig, rope_table
 from vision import CLIPVisionTower, ImageProcessor, VisionConfig
 
@@ -181,19 +182,25 @@ class CLIPTrainConfig:
     seed: int = 1337
     out_dir: str = "out/clip_tiny"  # the vision tower (HF CLIPVisionModel format) + ckpt/
 
+    CHECKS = dict(                  # the values each setting allows; parse_config refuses others at once
+        max_pairs="x >= 0", preset=VisionConfig.preset, text_layers="x >= 1", text_width="x >= 64 and x % 64 == 0",
+        embed_dim="x >= 1", batch_size="x >= 2", max_steps="x >= 1", lr="x > 0", min_lr="x >= 0",
+        warmup_steps="x >= 0", weight_decay="x >= 0", beta1="0 <= x < 1", beta2="0 <= x < 1", eps="x > 0",
+        grad_clip="x > 0", eval_group="x >= 2", eval_groups="x >= 1", eval_interval="x >= 1", log_interval="x >= 1",
+        seed="x >= 0", out_dir="x != ''")
+
 
 def load_pairs(root, proc, limit=0):
     """Training pairs of the LLaVA pretrain JSON: uint8 images (N, 3, S, S) and captions."""
     path = os.path.join(root, "pretrain.json")
-    with open(path, encoding="utf-8") as f:
-        samples = json.load(f)
+    samples = load_llava_json(path)
     samples = samples[:limit] if limit else samples
     images, captions = [], []
-    for s in samples:
-        caption = [t["value"] for t in s.get("conversations", []) if t.get("from") == "gpt"]
-        if "image" not in s or not caption:
-            raise ValueError(f"{path}: sample {s.get('id')} needs an 'image' and a gpt turn (the caption)")
-        captions.append(caption[0])
+    for i, s in enumerate(samples):
+        turns = check_turns(s, f"{path}: sample {i}")  # the LLaVA structure, or a SampleError saying what is wrong
+        if "image" not in s:
+            raise UserError(f"{path}: sample {i} (id {s['id']}) has no 'image': CLIP trains on image-caption pairs")
+        captions.append(turns[1]["value"])
         images.append(proc.to_uint8(os.path.join(root, "images", s["image"])))
     return torch.stack(images), captions
 
@@ -202,7 +209,10 @@ def load_test_pairs(root, proc):
     """Held-out pairs: the test scenes (no training scene has the same objects), captioned by
     shapes.describe, the generator of the training captions. Also each scene's object key:
     a caption of another scene with the same objects is an equally right answer."""
-    with open(os.path.join(root, "scenes_test.jsonl"), encoding="utf-8") as f:
+    path = os.path.join(root, "scenes_test.jsonl")
+    if not os.path.isfile(path):
+        raise InputNotFound(f"{path} not found: the held-out scenes of a shapes world (python shapes.py --out {root})")
+    with open(path, encoding="utf-8") as f:
         scenes = [json.loads(line) for line in f]
     captions = [shapes.describe(s, random.Random(f"clip-eval/{i}")) for i, s in enumerate(scenes)]
     images = torch.stack([proc.to_uint8(os.path.join(root, s["image"])) for s in scenes])
@@ -233,8 +243,8 @@ def train(cfg):
     t0, cpu0 = time.time(), time.process_time()
     if not os.path.exists(os.path.join(cfg.data, "pretrain.json")):
         if cfg.data != CLIPTrainConfig.data:
-            raise SystemExit(f"--data {cfg.data} has no pretrain.json: point it at a shapes world "
-                             f"(python shapes.py --out {cfg.data})")
+            raise InputNotFound(f"--data {cfg.data} has no pretrain.json: point it at a shapes world "
+                                f"(python shapes.py --out {cfg.data})")
         print(f"{cfg.data} does not exist: generating the shapes world (python shapes.py)")
         shapes.generate_shapes_world(cfg.data)
     vcfg = VisionConfig.preset(cfg.preset)
@@ -307,4 +317,4 @@ def train(cfg):
 
 
 if __name__ == "__main__":
-    train(parse_config(CLIPTrainConfig))
+    run_main(lambda argv: train(parse_config(CLIPTrainConfig, argv)))

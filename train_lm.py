@@ -143,10 +143,11 @@ def prepare_data(cfg, rank):
         if not is_shards and not os.path.exists(summary):
             print(f"tokenizing {corpus} into {shard_dir}")
             data.tokenize_corpus([corpus], tok_path, shard_dir)
-        data.check_shards_match(shard_dir, tok_path, None if is_shards else [corpus])
     if dist.is_initialized():
         dist.barrier()
-    return load_tokenizer(tok_path), tok_path, shard_dir
+    tok = load_tokenizer(tok_path)
+    data.check_shards_match(shard_dir, tok_path, None if is_shards else [corpus])
+    return tok, tok_path, shard_dir
 
 
 # -----------------------------------------------------------------------------

@@ -27,8 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -40,13 +38,14 @@ import torch.distributed as dist
 
 import data
 import eval_vlm
-from common import (distribute, format_time, full_weights, load_checked, load_checkpoint, load_optimizer_state,
-                    lr_at, make_optimizer, parse_config, save_checkpoint, scalar, setup_distributed)
-from model import IGNORE_INDEX, XmodelLM
-from tokenizer import find_tokenizer, load_tokenizer
+from common import (InputNotFound, UserError, check_device, distribute, format_time, full_weights, load_checked,
+                    load_checkpoint, load_optimizer_state, lr_at, make_optimizer, parse_config, read_json, run_main,
+                    save_checkpoint, scalar, setup_distributed)
+from model import IGNORE_INDEX, XmodelLM, config_from_hf
+from tokenizer import find_tokenizer, load_tokenizer, save_tokenizer
 from vision import CLIPVisionTower, ImageProcessor, OracleTower
 from vlm import XmodelVLM
-from xdp import build_projector
+from xdp import PROJECTORS, build_projector
 
 
 @dataclass
@@ -92,6 +91,12 @@ class VLMConfig:
                                     # measures the LM and projector alone; nothing is saved, the held-out
                                     # sets are scored in-process
 
+    CHECKS = dict(                  # the values each setting allows; parse_config refuses others at once
+        stage=("1", "2", "both"), projector=tuple(PROJECTORS), tokens="x >= 0", max_len="x >= 2", lr1="x > 0",
+        batch1="x >= 1", steps1="x >= 0", lr2="x > 0", batch2="x >= 1", steps2="x >= 0", micro_batch="x >= 1",
+        warmup_ratio="0 <= x <= 1", weight_decay="x >= 0", grad_clip="x > 0", device=check_device, seed="x >= 0",
+        out_dir="x != ''", workers="x >= 0", log_interval="x >= 1", ckpt_interval="x >= 1", image_check="x >= 0")
+
 
 VLM_PRESETS = {
     # the paper's recipe at full scale (Xmodel-LM 1.1B + CLIP ViT-L/14-336)
@@ -109,8 +114,8 @@ def paths(cfg):
               p.pretrain: "python shapes.py", p.instruct: "python shapes.py", p.images: "python shapes.py"}
     for path, command in makers.items():
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist. On the shapes world `{command}` makes it; "
-                             f"otherwise point the matching --option at your own files (see --help)")
+            raise InputNotFound(f"{path} does not exist. On the shapes world `{command}` makes it; "
+                                f"otherwise point the matching --option at your own files (see --help)")
     return p
 
 
@@ -127,11 +132,11 @@ def stage_settings(cfg, stage, n_samples, world):
     """Learning rate, global batch, steps, accumulation and warmup of one stage."""
     lr, batch, steps = (cfg.lr1, cfg.batch1, cfg.steps1) if stage == 1 else (cfg.lr2, cfg.batch2, cfg.steps2)
     if cfg.micro_batch < 1 or batch % (cfg.micro_batch * world):
-        raise SystemExit(f"stage {stage}: the global batch {batch} must be a multiple of micro_batch x "
-                         f"processes = {cfg.micro_batch} x {world}")
+        raise UserError(f"stage {stage}: the global batch {batch} must be a multiple of micro_batch x "
+                        f"processes = {cfg.micro_batch} x {world}")
     steps = steps or n_samples // batch  # one epoch
     if steps == 0:
-        raise SystemExit(f"stage {stage}: {n_samples} samples are fewer than one batch of {batch}")
+        raise UserError(f"stage {stage}: {n_samples} samples are fewer than one batch of {batch}")
     return SimpleNamespace(lr=lr, min_lr=0.0, batch=batch, max_steps=steps, grad_accum=batch // (cfg.micro_batch * world),
                            warmup_steps=math.ceil(cfg.warmup_ratio * steps), weight_decay=cfg.weight_decay,
                            beta1=0.9, beta2=0.999, eps=1e-8)
@@ -165,8 +170,16 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     model.mm_projector.requires_grad_(True)
     json_path, template = (files.pretrain, "plain") if stage == 1 else (files.instruct, "vicuna_v1")
     processor = ImageProcessor(model.vision_tower.config.image_size)
+    if model.mm_projector.tokens + 2 > cfg.max_len:  # <s>, the visual tokens, at least one answer token
+        raise UserError(f"--max_len={cfg.max_len} leaves no room for text: an image alone is "
+                        f"{model.mm_projector.tokens} visual tokens; raise --max_len or lower --tokens")
+    if cfg.max_len > model.lm.config.max_seq_len:
+        raise UserError(f"--max_len={cfg.max_len} is longer than the LM's context ({model.lm.config.max_seq_len}, "
+                        f"max_position_embeddings in its config.json); use --max_len={model.lm.config.max_seq_len} "
+                        f"or less")
     dataset = data.LLaVADataset(json_path, files.images, tok, template, processor,
                                 model.mm_projector.tokens, cfg.max_len)
+    check_data(dataset, stage, master)
     s = stage_settings(cfg, stage, len(dataset), world)
     order = sample_order(len(dataset), s.max_steps * s.batch, [cfg.seed, stage])
     lengths = np.array([len(json.dumps(sample)) for sample in dataset.samples])  # characters: a proxy for tokens
@@ -185,33 +198,39 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
         print(f"stage {stage} ({template}{sharing}): {len(dataset)} samples, {s.max_steps} steps of {s.batch}, "
               f"lr {s.lr}, {trainable / 1e6:.2f}M trainable parameters, {model.mm_projector.tokens} visual tokens")
     metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
-    skipped, seen, batches = [], 0, iter(loader)
+    skipped, cut, seen, batches = [], [], 0, iter(loader)
     t0, t_last = time.time(), time.time()
+    if master and start_step >= s.max_steps:
+        print(f"stage {stage}: the checkpoint is at step {start_step} of {s.max_steps}: nothing is left to train")
     model.train()
     for step in range(start_step, s.max_steps):
         lr = lr_at(step, s)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(s.grad_accum):
-            batch = next(batches)
+        micros = [next(batches) for _ in range(s.grad_accum)]
+        for batch in micros:
             skipped += batch["skipped"]
+            cut += batch["cut"]
             seen += len(batch["ids"]) + len(batch["skipped"])
-            sync = micro == s.grad_accum - 1 or world == 1 or fsdp  # see train_lm.train
+        used = usable_micro_batches(micros, skipped, world, device)
+        loss_sum, grad_norm = torch.zeros((), device=device), 0.0
+        for micro, batch in enumerate(used):
+            sync = micro == len(used) - 1 or world == 1 or fsdp  # see train_lm.train
             with autocast, (nullcontext() if sync else ddp.no_sync()):
                 _, loss = ddp(**{k: batch[k].to(device) if torch.is_tensor(batch[k]) else batch[k]
                                  for k in ("input_ids", "lengths", "has_image", "pixels", "labels")})
-                (loss / s.grad_accum).backward()
+                (loss / len(used)).backward()
             loss_sum += loss.detach()
         if world > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        loss_value = loss_sum.item() / s.grad_accum
-        if not math.isfinite(loss_value):
-            raise SystemExit(f"stage {stage}: loss is {loss_value} at step {step}; lower --lr{stage} and --resume")
-        grad_norm = scalar(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                          cfg.grad_clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss_sum.item() / len(used) if used else float("nan")  # nan: every sample skipped
+        if used and not math.isfinite(loss_value):
+            raise UserError(f"stage {stage}: loss is {loss_value} at step {step}; lower --lr{stage} and --resume")
+        if used:
+            grad_norm = scalar(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                              cfg.grad_clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         check_skips(skipped, seen, stage, final=False)
         done = step + 1
         if master and (done % cfg.log_interval == 0 or done == s.max_steps):
@@ -230,6 +249,9 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
         if done == stop_at:
             return False
     check_skips(skipped, seen, stage, final=True)
+    if master and cut:
+        print(f"stage {stage}: {len(cut)} of {seen} samples were longer than --max_len={cfg.max_len} and were cut "
+              f"at the end (e.g. {', '.join(map(str, cut[:3]))}); their last tokens were not trained on")
     # every process runs it (under FSDP the forward needs them all); the first reports it
     use = image_use(ddp, [dataset[i] for i in range(min(cfg.image_check, len(dataset)))], tok.pad_id,
                     device, cfg.micro_batch, autocast) if cfg.image_check else None
@@ -272,6 +294,37 @@ def image_use(model, items, pad_id, device, micro_batch=16, autocast=nullcontext
     return {"own": losses[0], "other": losses[1], "samples": len(items)}
 
 
+def usable_micro_batches(micros, skipped, world, device):
+    """The micro-batches of a step that hold a sample: one whose samples were all skipped is left
+    out (they are counted in `skipped`). Under torchrun every process leaves out the same ones,
+    so that DDP's and FSDP's collectives stay in step; the samples that another process's empty
+    micro-batch takes with it are counted as skipped too."""
+    keep = torch.tensor([len(b["ids"]) > 0 for b in micros], dtype=torch.int32, device=device)
+    if world > 1:
+        dist.all_reduce(keep, op=dist.ReduceOp.MIN)
+    for b, k in zip(micros, keep.tolist()):
+        if b["ids"] and not k:
+            skipped.extend((sid, "left out with the micro-batch of another process, all of whose samples were "
+                                 "skipped") for sid in b["ids"])
+    return [b for b, k in zip(micros, keep.tolist()) if k]
+
+
+def check_data(dataset, stage, master):
+    """Before training, the samples that cannot be used, found without tokenizing or decoding an
+    image (structure, text-only in stage 1, a missing image): none usable, or more than 1% of
+    them, stops the run here; fewer are skipped and counted during training."""
+    bad, n = dataset.unusable(), len(dataset)
+    reasons = "".join(f"\n  {why}" for _, why in bad[:5])  # each names its sample
+    if len(bad) == n:
+        raise UserError(f"stage {stage}: none of the {n} samples in {dataset.path} can be used, so there is "
+                        f"nothing to train on{', e.g.' if bad else ''}{reasons}")
+    if len(bad) > 0.01 * n:
+        raise UserError(f"stage {stage}: {len(bad)} of the {n} samples in {dataset.path} cannot be used (more than "
+                        f"1%); fix the data and run again. The first:{reasons}")
+    if bad and master:
+        print(f"stage {stage}: {len(bad)} of the {n} samples will be skipped, e.g.{reasons}")
+
+
 def check_skips(skipped, seen, stage, final):
     """Report skipped samples at the end of a stage; stop when more than 1% fail."""
     too_many = seen >= 200 and len(skipped) > 0.01 * seen
@@ -279,8 +332,8 @@ def check_skips(skipped, seen, stage, final):
         print(f"stage {stage}: skipped {len(skipped)} of {seen} samples, e.g.\n  " +
               "\n  ".join(f"{sid}: {why}" for sid, why in skipped[:5]))
     if too_many or (final and len(skipped) > 0.01 * max(seen, 1)):
-        raise SystemExit(f"stage {stage}: more than 1% of the samples could not be used; fix the data "
-                         f"(the reasons are above) and run again")
+        raise UserError(f"stage {stage}: more than 1% of the samples could not be used; fix the data "
+                        f"(the reasons are above) and run again")
 
 
 def main(cfg, stop_at=None):
@@ -290,13 +343,17 @@ def main(cfg, stop_at=None):
     master = rank == 0
     torch.manual_seed(cfg.seed)
     if cfg.stage not in ("1", "2", "both"):
-        raise SystemExit(f"--stage must be 1, 2 or both, got {cfg.stage!r}")
+        raise UserError(f"--stage must be 1, 2 or both, got {cfg.stage!r}")
     if cfg.oracle and (cfg.stage != "both" or cfg.resume or world > 1):
-        raise SystemExit("--oracle=true runs both stages in one process, without --resume: the oracle "
-                         "tower is not saved, so nothing could be reloaded")
+        raise UserError("--oracle=true runs both stages in one process, without --resume: the oracle "
+                        "tower is not saved, so nothing could be reloaded")
     files = paths(cfg)
     tok_path = find_tokenizer(cfg.lm)
     tok = load_tokenizer(tok_path)
+    lm_vocab = config_from_hf(read_json(os.path.join(cfg.lm, "config.json")), cfg.lm).vocab_size
+    if tok.vocab_size > lm_vocab:
+        raise UserError(f"{tok_path} has {tok.vocab_size} tokens but the LM in {cfg.lm} only {lm_vocab}: it is "
+                        f"not the tokenizer the LM was trained with; put the LM's own tokenizer there")
     os.makedirs(cfg.out_dir, exist_ok=True)
     stage1_dir, final_dir = os.path.join(cfg.out_dir, "stage1"), os.path.join(cfg.out_dir, "model")
     stages = {"1": [1], "2": [2], "both": [1, 2]}[cfg.stage]
@@ -304,8 +361,12 @@ def main(cfg, stop_at=None):
     model, resume_at = None, {}  # resume_at: stage -> (step, optimizer state)
     if cfg.resume:
         ckpt = os.path.join(cfg.out_dir, "ckpt")
-        weights, state = load_checkpoint(ckpt)
+        weights, state = load_checkpoint(ckpt, expect="vlm")
         stages = [st for st in stages if st >= state["stage"]]
+        if not stages:
+            print(f"nothing left to do: the checkpoint in {ckpt} is in stage {state['stage']}, after --stage="
+                  f"{cfg.stage}, whose model is in {stage1_dir}; resume with --stage=2 or both to continue")
+            return None
         model = build_model(cfg, device) if state["stage"] == 1 else XmodelVLM.load(stage1_dir, device=device)
         load_checked(model, weights, source=ckpt)
         resume_at[state["stage"]] = (state["step"], state["optimizer"])
@@ -314,7 +375,7 @@ def main(cfg, stop_at=None):
             print(f"resumed stage {state['stage']} at step {state['step']}")
     for stage in stages:
         if model is None and stage == 2 and not os.path.exists(stage1_dir):
-            raise SystemExit(f"stage 2 starts from stage 1's model in {stage1_dir}; run --stage=1 first")
+            raise InputNotFound(f"stage 2 starts from stage 1's model in {stage1_dir}; run --stage=1 first")
         if model is None:
             model = build_model(cfg, device) if stage == 1 else XmodelVLM.load(stage1_dir, device=device)
         step, optimizer_state = resume_at.get(stage, (0, None))
@@ -332,7 +393,7 @@ def main(cfg, stop_at=None):
         elif master:
             out = stage1_dir if stage == 1 else final_dir
             model.save(out)
-            shutil.copy(tok_path, os.path.join(out, os.path.basename(tok_path)))
+            save_tokenizer(tok_path, out)
             print(f"stage {stage} done; model saved to {out}")
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -343,7 +404,4 @@ def main(cfg, stop_at=None):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_config(VLMConfig, presets=VLM_PRESETS))
-    except FileNotFoundError as e:  # an input that is not there (paths, find_tokenizer): say which, and how to make it
-        sys.exit(str(e))
+    run_main(lambda argv: main(parse_config(VLMConfig, argv, presets=VLM_PRESETS)))

@@ -18,7 +18,7 @@ import os
 import torch
 import torch.nn as nn
 
-from common import load_checked, load_hf_state_dict, read_json, save_hf_dir
+from common import UserError, load_checked, load_hf_state_dict, read_json, save_hf_dir
 from data import IMAGE_TOKEN_INDEX
 from model import IGNORE_INDEX, XmodelLM, config_from_hf, config_to_hf
 from tokenizer import find_tokenizer, load_tokenizer
@@ -141,8 +141,8 @@ class XmodelVLM(nn.Module):
         `vision_path` naming the CLIP tower's directory."""
         cfg = read_json(os.path.join(path, "config.json"))
         if "mm_projector_type" not in cfg:
-            raise ValueError(f"{path}/config.json has no mm_projector_type: this is not an Xmodel-VLM "
-                             f"(LLaVA-layout) checkpoint. A language model loads with XmodelLM.from_hf")
+            raise UserError(f"{path}/config.json has no mm_projector_type: this is not an Xmodel-VLM "
+                            f"(LLaVA-layout) checkpoint. A language model loads with XmodelLM.from_hf")
         vision_path = vision_path or os.path.join(path, cfg.get("mm_vision_tower", "vision"))
         tower = CLIPVisionTower.from_hf(vision_path, select_layer=cfg.get("mm_vision_select_layer", -2))
         kind, tokens = projector_from_config(cfg["mm_projector_type"], cfg.get("mm_image_tokens"),
@@ -175,4 +175,8 @@ def load(ckpt, device="cpu"):
     config = read_json(os.path.join(ckpt, "config.json"))
     is_vlm = "mm_projector_type" in config
     model = XmodelVLM.load(ckpt, device=device) if is_vlm else XmodelLM.from_hf(ckpt, device=device)
-    return model.eval(), load_tokenizer(find_tokenizer(ckpt)), is_vlm
+    tok = load_tokenizer(find_tokenizer(ckpt))
+    if tok.vocab_size > config["vocab_size"]:  # its ids would run past the embedding table
+        raise UserError(f"{tok.path} has {tok.vocab_size} tokens, more than the model's vocabulary in {ckpt} "
+                        f"({config['vocab_size']}): it is not the tokenizer this model was trained with")
+    return model.eval(), tok, is_vlm

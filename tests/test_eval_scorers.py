@@ -17,6 +17,7 @@ import pytest
 import eval_vlm
 import scorers
 import shapes
+from common import run_main
 from scorers import ScoreError
 
 
@@ -421,8 +422,8 @@ def test_cli_prints_the_headline_last_and_errors_without_traceback(tmp_path, cap
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["bench"] == "gqa" and last["score"] == pytest.approx(25) and "per_structural" in last
     write_jsonl(path, [{"question_id": "1"}])
-    with pytest.raises(SystemExit, match="line 1"):
-        eval_vlm.main(["score", "gqa", "--answers", path, "--data", str(tmp_path / "gqa")])
+    with pytest.raises(SystemExit, match="error: .*line 1"):
+        run_main(eval_vlm.main, ["score", "gqa", "--answers", path, "--data", str(tmp_path / "gqa")])
 
 
 # ----- the shapes world: perfect answers score perfectly, wrong ones lower --------
