@@ -32,16 +32,15 @@ The parts, in the order they run, and what each figure is compared with:
   7 pipeline      the README's first command (speedrun.sh's six steps) on the GPU in a temporary
                   folder: each step's time (the CPU run: 830 s, BENCHMARKS.md) and the held-out scores
 
-Goals, marked met or MISSED in results.md: attention causal D 64 T 4096 forward >= 300 and backward
->= 150 TFLOP/s and >= 0.9x SDPA flash; dwconv >= 70% of the copy bandwidth and faster than PyTorch's
-best layout; 1.1B training >= 40% MFU; decode at batch 1 >= 300 tokens/s; every correctness case.
+Goals, marked met or MISSED in results.md: attention causal D 64 T 4096 forward >= 300, backward >= 150
+TFLOP/s, both >= 0.9x SDPA flash; dwconv >= 70% of the copy bandwidth and faster than PyTorch's best
+layout; 1.1B training >= 40% MFU; decode at batch 1 >= 300 tokens/s; every correctness case passed.
 
-Time: the parts share --budget_s (8/90/55/110/25/32/160 s of 480; a part that ends early passes its
-time on, and --caps=part=seconds sets a share). Each part runs in its own process, so a crash or a
-poisoned CUDA context stays in it: inside, a case that no longer fits the part's deadline is skipped
-and listed, and the process is stopped 15 s past it. A part that raises is recorded with its
-traceback and the others go on; the results files are rewritten after every part. Exit status 1
-when a part crashed or died. No network, no downloads; transformers is not needed.
+Time: the parts share --budget_s (8/90/55/110/25/32/160 s of 480; time a part leaves passes on;
+--caps=part=seconds sets a share). Each part runs in its own process (a crash or a broken CUDA context
+stays there), skips and lists the cases that no longer fit its deadline, and is stopped 15 s past it;
+a part that raises is recorded with its traceback and the rest go on. The results are rewritten after
+every part; exit status 1 when a part crashed or died. No network or downloads; transformers unused.
 """
 
 import dataclasses
@@ -57,8 +56,9 @@ import tempfile
 import threading
 import time
 import traceback
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
+from unittest.mock import patch
 
 import torch
 
@@ -66,7 +66,7 @@ import kernels
 import kernels.bench as kbench
 import xdp
 from bench import median_time
-from common import parse_config, peak_flops
+from common import UserError, parse_config, peak_flops, run_main
 from data import IMAGE_TOKEN_INDEX
 from model import LMConfig, XmodelLM, attention
 from train_lm import largest_micro_batch, plan_memory
@@ -86,6 +86,8 @@ class GPUCheckConfig:
     caps: str = ""                  # seconds for some parts, e.g. "train=200,pipeline=60"; the rest share the remainder
     crash: str = ""                 # for the tests: this part raises after its measurements
     repeats: int = 10               # timings per kernel measurement (median); the dry run uses 1
+
+    CHECKS = dict(budget_s="x > 0", repeats="x >= 1")   # parse_config refuses other values at once
 
 
 # -----------------------------------------------------------------------------
@@ -140,18 +142,9 @@ class Record:
         os.replace(tmp, self.path)
 
 
-@contextmanager
 def kernel_path(mode):
-    """XMODEL_KERNELS=mode inside (kernels.use_triton reads it at every call)."""
-    old = os.environ.get("XMODEL_KERNELS")
-    os.environ["XMODEL_KERNELS"] = mode
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("XMODEL_KERNELS")
-        else:
-            os.environ["XMODEL_KERNELS"] = old
+    """XMODEL_KERNELS=mode inside (kernels.use_triton reads it at every call): auto, torch or triton."""
+    return patch.dict(os.environ, XMODEL_KERNELS=mode)
 
 
 def where(dry):
@@ -364,10 +357,15 @@ def part_train(cfg, rec, dry):
                 optimizer.zero_grad(set_to_none=True)
                 planned = sum(plan_memory(config, seq, batch).values()) / 2**30
                 rec.note(f"{name}: out of memory at micro-batch {batch} (planner: {planned:.1f} GiB)")
-                if batch == 1:
+                if batch == 1 or rec.left() <= 0:
                     break
                 batch //= 2
                 continue
+            except Exception as e:   # e.g. torch.compile failing on the model: noted, the other variants go on
+                traceback.print_exc(file=sys.stdout)   # into log.txt
+                rec.row({"variant": name, "error": f"{type(e).__name__}: {str(e)[:200]}"}, item=name)
+                rec.note(f"{name} failed (traceback in log.txt): {type(e).__name__}: {str(e)[:200]}")
+                break
             rec.row({"variant": name, **row}, item=name)
             print(f"  {name}: {row['step_ms']:.0f} ms/step, {row['tokens_per_s']:,.0f} tokens/s, MFU "
                   f"{row['mfu_pct'] or 0:.1f}%, peak {row.get('peak_gib', 0):.1f} GiB (plan {row['plan_gib']:.1f})",
@@ -537,13 +535,13 @@ def make_plan(cfg):
     proportion to their default shares."""
     asked = list(PARTS) if cfg.parts == "all" else [p.strip() for p in cfg.parts.split(",") if p.strip()]
     if set(asked) - set(PARTS):
-        raise SystemExit(f"--parts: unknown part(s) {sorted(set(asked) - set(PARTS))}; the parts are {', '.join(PARTS)}")
+        raise UserError(f"--parts: unknown part(s) {sorted(set(asked) - set(PARTS))}; the parts are {', '.join(PARTS)}")
     names = [p for p in PARTS if p in asked]
     caps = {}
     for pair in filter(None, cfg.caps.split(",")):
         part, _, seconds = pair.partition("=")
         if part.strip() not in PARTS or not seconds.replace(".", "", 1).isdigit():
-            raise SystemExit(f"--caps: expected part=seconds with a part among {', '.join(PARTS)}, got {pair!r}")
+            raise UserError(f"--caps: expected part=seconds with a part among {', '.join(PARTS)}, got {pair!r}")
         caps[part.strip()] = float(seconds)
     free = max(cfg.budget_s - sum(s for p, s in caps.items() if p in names), 0)
     shared = sum(PARTS[p][1] for p in names if p not in caps) or 1
@@ -787,4 +785,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_config(GPUCheckConfig)))
+    sys.exit(run_main(lambda argv: main(parse_config(GPUCheckConfig, argv))))

@@ -90,7 +90,7 @@ def test_plan_shares_the_budget_and_obeys_caps():
     plan = bench_gpu.make_plan(bench_gpu.GPUCheckConfig(budget_s=100, parts="pipeline,train", caps="train=40"))
     assert plan == [("train", 40.0), ("pipeline", 60.0)]   # plan order, the cap, the rest of the budget
     for bad in (dict(parts="trian"), dict(caps="train=soon"), dict(caps="nothing=3")):
-        with pytest.raises(SystemExit):
+        with pytest.raises(bench_gpu.UserError):
             bench_gpu.make_plan(bench_gpu.GPUCheckConfig(**bad))
 
 
