@@ -192,33 +192,49 @@ def bench_vlm(cfg):
               f"{t_all / first:6.2f}", flush=True)
 
 
+def train_step_figures(model, optimizer, x, repeats, device, sync, compiled=False):
+    """Times training steps (forward, backward, optimizer; bf16 autocast on CUDA) of `model` on x
+    (B, T+1): one step first (compilation, autotuning; its seconds are `first_step_s`), then the
+    median of `repeats` after one more. Returns step_ms, tokens_per_s, mfu_pct (None where the
+    GPU's peak is unknown), plan_gib (train_lm.plan_memory) and, on CUDA, peak_gib."""
+    B, T = x.shape[0], x.shape[1] - 1
+    fn = torch.compile(model) if compiled else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
+
+    def step():
+        with autocast:
+            _, loss = fn(x[:, :-1], x[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    first = timed(step, sync)
+    t = median_time(step, repeats, sync)
+    peak = peak_flops(device)
+    row = {"batch": B, "seq": T, "step_ms": t * 1e3, "tokens_per_s": B * T / t, "first_step_s": first,
+           "mfu_pct": 100 * model.flops_per_token(T) * B * T / t / peak if peak else None,
+           "plan_gib": sum(plan_memory(model.config, T, B).values()) / 2**30}
+    if device == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return row
+
+
 def bench_train(cfg):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
     model = XmodelLM(LMConfig.preset(cfg.preset, max_seq_len=max(cfg.seq_len, 512))).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
     x = torch.randint(0, model.config.vocab_size, (cfg.batch, cfg.seq_len + 1), device=device)
-
-    def step():
-        with autocast:
-            _, loss = model(x[:, :-1], x[:, 1:])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t = median_time(step, cfg.repeats, sync)
-    tokens = cfg.batch * cfg.seq_len
-    peak = peak_flops(device)
-    mfu = model.flops_per_token(cfg.seq_len) * tokens / t / peak if peak else None
+    r = train_step_figures(model, optimizer, x, cfg.repeats, device, sync)
     print(f"device {device} | torch {torch.__version__} | preset {cfg.preset} ({model.num_params() / 1e6:.0f}M) | "
           f"batch {cfg.batch} x {cfg.seq_len}")
-    print(f"train step {t * 1e3:.1f} ms | {tokens / t:,.0f} tokens/s | MFU {f'{100 * mfu:.1f}%' if mfu else '-'}")
+    mfu = f"{r['mfu_pct']:.1f}%" if r["mfu_pct"] else "-"
+    print(f"train step {r['step_ms']:.1f} ms | {r['tokens_per_s']:,.0f} tokens/s | MFU {mfu}")
     if device == "cuda":
-        planned = sum(plan_memory(model.config, cfg.seq_len, cfg.batch).values())
-        print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (planner: {planned / 2**30:.2f} GiB)")
+        print(f"peak memory {r['peak_gib']:.2f} GiB (planner: {r['plan_gib']:.2f} GiB)")
 
 
 def bench_cpu(cfg):

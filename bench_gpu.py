@@ -56,7 +56,6 @@ import tempfile
 import threading
 import time
 import traceback
-from contextlib import nullcontext
 from dataclasses import dataclass
 from unittest.mock import patch
 
@@ -65,8 +64,8 @@ import torch
 import kernels
 import kernels.bench as kbench
 import xdp
-from bench import median_time
-from common import UserError, parse_config, peak_flops, run_main
+from bench import median_time, train_step_figures
+from common import UserError, parse_config, run_main
 from data import IMAGE_TOKEN_INDEX
 from model import LMConfig, XmodelLM, attention
 from train_lm import largest_micro_batch, plan_memory
@@ -296,36 +295,6 @@ def part_kernel_speed(cfg, rec, dry):
 # -----------------------------------------------------------------------------
 # 4. training steps
 
-def train_variant(model, optimizer, x, repeats, device, sync, compiled):
-    """Times training steps of `model` on x (B, T+1): warm-up steps (compilation, autotuning)
-    first, then the median of `repeats`. Returns the row's figures."""
-    B, T = x.shape[0], x.shape[1] - 1
-    fn = torch.compile(model) if compiled else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
-
-    def step():
-        with autocast:
-            _, loss = fn(x[:, :-1], x[:, 1:])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    step()
-    sync()
-    warmup = time.perf_counter() - t0
-    t = median_time(step, repeats, sync)             # one more warm-up step, then the timed ones
-    peak = peak_flops(device)
-    row = {"batch": B, "seq": T, "step_ms": t * 1e3, "tokens_per_s": B * T / t, "first_step_s": warmup,
-           "mfu_pct": 100 * model.flops_per_token(T) * B * T / t / peak if peak else None,
-           "plan_gib": sum(plan_memory(model.config, T, B).values()) / 2**30}
-    if device == "cuda":
-        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return row
-
-
 def part_train(cfg, rec, dry):
     device, sync = where(dry)
     config = LMConfig.preset("tiny" if dry else "xmodel-1.1b")
@@ -352,7 +321,7 @@ def part_train(cfg, rec, dry):
             x = torch.randint(0, config.vocab_size, (batch, seq + 1), device=device)
             try:
                 with kernel_path(mode):
-                    row = train_variant(model, optimizer, x, 2 if dry else 5, device, sync, compiled)
+                    row = train_step_figures(model, optimizer, x, 2 if dry else 5, device, sync, compiled)
             except torch.cuda.OutOfMemoryError:
                 optimizer.zero_grad(set_to_none=True)
                 planned = sum(plan_memory(config, seq, batch).values()) / 2**30
