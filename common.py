@@ -338,21 +338,22 @@ def read_weights(path, mmap=False):
 # -----------------------------------------------------------------------------
 # Hugging Face model directories: config.json + model.safetensors (or sharded, or .bin)
 
-def read_json(path):
-    """A model directory's config.json (a JSON object), or a UserError saying what is wrong with it."""
+def read_json(path, kind=dict, what="a Hugging Face model directory with config.json next to the weights"):
+    """A JSON file that holds a `kind` (dict or list), such as a model's config.json. One that is
+    missing, not UTF-8, not JSON or not a `kind` is a UserError naming it; `what` is what was expected."""
     if not os.path.isfile(path):
-        raise InputNotFound(f"{path} not found: expected a Hugging Face model directory "
-                            f"with config.json next to the weights")
+        raise InputNotFound(f"{path} not found: expected {what}")
     try:
         with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+            content = json.load(f)
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
         raise UserError(not_utf8(path, e)) from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: expected a JSON object of settings, found a {type(config).__name__}")
-    return config
+    if not isinstance(content, kind):
+        raise UserError(f"{path}: expected a JSON {'object' if kind is dict else 'list'} ({what}), "
+                        f"found a {type(content).__name__}")
+    return content
 
 
 def not_utf8(path, e):

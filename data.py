@@ -26,7 +26,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from common import InputNotFound, UserError, checked, not_utf8, read_json, run_main, run_moved
+from common import InputNotFound, UserError, checked, read_json, run_main, run_moved
 from model import IGNORE_INDEX
 from tokenizer import find_input_files, jsonl_text, load_tokenizer, tokenizer_digest
 
@@ -360,18 +360,7 @@ def check_turns(sample, where):
 
 def load_llava_json(path):
     """The list of samples of a LLaVA JSON file, with a clear error if it is not one."""
-    if not os.path.isfile(path):
-        raise InputNotFound(f"{path} not found: expected a LLaVA JSON file (a list of samples)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            samples = json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(not_utf8(path, e)) from None
-    if not isinstance(samples, list):
-        raise UserError(f"{path}: expected a JSON list of samples, found {type(samples).__name__}")
-    return samples
+    return read_json(path, list, "a LLaVA JSON file: a list of samples")
 
 
 def check_llava_json(path, image_folder=None):

@@ -103,32 +103,33 @@ def find(data_dir, *names):
                      f"found {found}. Pass --data the benchmark's folder.")
 
 
-def load_json(path):
+def read_text(path):
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ScoreError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            return f.read()
     except UnicodeDecodeError as e:
         raise ScoreError(not_utf8(path, e)) from None
     except FileNotFoundError:
         raise InputNotFound(f"{path} not found") from None
+
+
+def load_json(path):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ScoreError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
 
 
 def load_jsonl(path):
     """The objects of a JSON-lines file; a line that is not JSON is named."""
     rows = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-        raise ScoreError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise ScoreError(not_utf8(path, e)) from None
-    except FileNotFoundError:
-        raise InputNotFound(f"{path} not found") from None
+    for n, line in enumerate(read_text(path).split("\n"), 1):  # (splitlines would also cut at U+2028)
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ScoreError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
     return rows
 
 

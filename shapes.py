@@ -771,18 +771,13 @@ def make_grid(path, seed=0, n=8, size=64, scale=2, cols=4):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data/shapes", help="output folder (default data/shapes); files of the same name are overwritten")
-    parser.add_argument("--size", type=checked(int, "16 <= x <= 336"), default=64,
-                        help="image side in pixels, 16-336 (default 64)")
+    parser.add_argument("--size", type=checked(int, "16 <= x <= 336"), default=64, help="image side in pixels (default 64)")
     parser.add_argument("--n_train", type=checked(int, "x >= 1"), default=20000, help="training scenes (default 20000)")
-    parser.add_argument("--n_test", type=checked(int, "x >= 1"), default=500,
-                        help="held-out test scenes for the benchmarks (default 500)")
+    parser.add_argument("--n_test", type=checked(int, "x >= 1"), default=500, help="held-out test scenes (default 500)")
     parser.add_argument("--n_comp", type=checked(int, "x >= 1"), default=300, help="compositional test scenes (default 300)")
-    parser.add_argument("--corpus_mb", type=checked(float, "x > 0"), default=3.0,
-                        help="size of corpus/train.txt in MB (default 3)")
-    parser.add_argument("--seed", type=checked(int, "x >= 0"), default=0,
-                        help="seed; the same seed writes byte-identical files")
-    parser.add_argument("--workers", type=checked(int, "x >= 1"), default=None,
-                        help="processes for rendering (default: all cores, max 8)")
+    parser.add_argument("--corpus_mb", type=checked(float, "x > 0"), default=3.0, help="MB of corpus/train.txt (default 3)")
+    parser.add_argument("--seed", type=checked(int, "x >= 0"), default=0, help="the same seed writes byte-identical files")
+    parser.add_argument("--workers", type=checked(int, "x >= 1"), default=None, help="render processes (default: cores, max 8)")
     parser.add_argument("--grid", default=None, metavar="PNG",
                         help="instead: save a picture of 8 scenes to PNG and print questions about them")
     args = parser.parse_args(argv)

@@ -20,7 +20,9 @@ CLIP tower directory from train_clip.py (HF CLIP format), LLaVA JSON files and a
 Output, under out_dir: stage1/ (the model after stage 1), model/ (the final model: config,
 weights, vision/, tokenizer; chat.py and eval_vlm.py load it), ckpt/ (resume with
 --resume=true), metrics.jsonl. Samples that cannot be used (missing or corrupt image, bad
-structure, too long) are skipped and counted; more than 1% of them stops the run.
+structure, too long, text-only in stage 1) are skipped and counted; more than 1% of them stops
+the run, before training when a quick pass over the file finds them. Samples longer than
+--max_len are cut at the end and counted.
 """
 
 import dataclasses

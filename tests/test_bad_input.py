@@ -350,7 +350,7 @@ BAD = {
                         r"p.json is not UTF-8 text \(byte 0xe9"),
     "vlm-json-invalid": ("train_vlm.py", lambda f, t: vlm_args(f, t, pretrain_json=write(t / "p.json", "[{]")), r"p.json is not valid JSON"),
     "vlm-json-object": ("train_vlm.py", lambda f, t: vlm_args(f, t, pretrain_json=write(t / "p.json", {"a": 1})),
-                        r"p.json: expected a JSON list of samples, found dict"),
+                        r"p.json: expected a JSON list \(a LLaVA JSON file: a list of samples\), found a dict"),
     "vlm-json-empty": ("train_vlm.py", lambda f, t: vlm_args(f, t, pretrain_json=write(t / "p.json", [])),
                        r"stage 1: none of the 0 samples in .*p.json can be used"),
     "vlm-stage1-no-images": ("train_vlm.py", lambda f, t: vlm_args(f, t, pretrain_json=write(t / "p.json", text_only(f))),
@@ -368,6 +368,7 @@ BAD = {
                   r"sample 0 \(id train_000000\): expected turns alternating human, gpt"),
     "vlm-corrupt-images": ("train_vlm.py", lambda f, t: vlm_args(f, t, data=world_with(f, t, image="corrupt"),
                                                               pretrain_json=write(t / "p.json", samples(f, n=1) * 4)),
+                           r"skipped 4 of 4 samples, e.g.\n  train_000000: cannot read image .*train_000000.png.*"
                            r"stage 1: more than 1% of the samples could not be used"),
     "vlm-image-bomb": ("train_vlm.py", lambda f, t: vlm_args(f, t, data=world_with(f, t, image="bomb"),
                                                           pretrain_json=write(t / "p.json", samples(f, n=1) * 4)),
@@ -435,6 +436,10 @@ BAD = {
     "bench-preset": ("bench.py", lambda f, t: ["memory", "--preset=huge"], r"--preset=huge: unknown LM preset"),
     "bench-world": ("bench.py", lambda f, t: ["memory", "--world=0"], r"--world=0"),
     "bench-mode": ("bench.py", lambda f, t: ["bogus"], r"usage: python bench.py \{lm\|"),
+    # --- the old command lines, which run the new scripts ---
+    "old-vision-py": ("vision.py", lambda f, t: ["--batch_size=1"], r"--batch_size=1 .*batch_size >= 2"),
+    "old-data-py-shapes": ("data.py", lambda f, t: ["shapes", "--size", "8"], r"--size: 8 is not allowed"),
+    "old-eval-vlm-ablate": ("eval_vlm.py", lambda f, t: ["ablate", "--tokens=abc"], r"--tokens takes comma-separated integers"),
 }
 
 

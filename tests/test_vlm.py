@@ -18,6 +18,7 @@ import data
 import eval_vlm
 import shapes
 import train_vlm
+from common import UserError
 from data import IMAGE_TOKEN_INDEX
 from model import IGNORE_INDEX, LMConfig, XmodelLM
 from tokenizer import load_tokenizer, train_sentencepiece
@@ -109,13 +110,13 @@ def test_dataset_skips_and_truncates(tmp_path):
     ds = data.LLaVADataset(path, folder, CharTokenizer(), "plain", ImageProcessor(16), n_image_tokens=4, max_len=64)
     items = [ds[i] for i in range(len(ds))]
     skipped = {it["id"]: it["skip"] for it in items if "skip" in it}
-    assert set(skipped) == {"missing", "corrupt", "two-images"}
-    assert "nope.png" in skipped["missing"] and "bad.png" in skipped["corrupt"]
+    assert set(skipped) == {"missing", "corrupt", "two-images", "text"}  # text-only: stage 1 trains on images
+    assert "nope.png" in skipped["missing"] and "bad.png" in skipped["corrupt"] and "no image" in skipped["text"]
     long = items[4]
     assert len(long["input_ids"]) + 4 - 1 == 64          # cut to max_len counting the expanded image
     batch = data.collate(items, pad_id=0)
-    assert batch["ids"] == ["ok", "long", "text"] and len(batch["skipped"]) == 3
-    assert batch["pixels"].shape == (2, 3, 16, 16) and batch["has_image"].tolist() == [True, True, False]
+    assert batch["ids"] == ["ok", "long"] and len(batch["skipped"]) == 4 and batch["cut"] == ["long"]
+    assert batch["pixels"].shape == (2, 3, 16, 16) and batch["has_image"].tolist() == [True, True]
     # an image placed after max_len cannot be cut around: the sample is dropped
     late = [{"id": "late", "image": "a.png", "conversations": [
         {"from": "human", "value": "y" * 80 + "<image>"}, {"from": "gpt", "value": "ok"}]}]
@@ -440,5 +441,5 @@ def test_oracle_run_trains_and_scores_in_process_without_saving(world):
                               projector="mlp2x_gelu", image_check=0))
     assert (out / "eval" / "shapes_report.json").exists()
     assert not (out / "model").exists() and not (out / "stage1").exists()
-    with pytest.raises(SystemExit, match="oracle"):
+    with pytest.raises(UserError, match="oracle"):
         train_vlm.main(vlm_config(world, "oracle", oracle=True, stage="2"))
