@@ -88,7 +88,8 @@ def bench_attention(reps, shapes=None, device="cuda", dtype=torch.bfloat16, allo
     impls = {"triton": flash_attention, "sdpa flash": sdpa_backend(SDPBackend.FLASH_ATTENTION),
              "sdpa cudnn": sdpa_backend(SDPBackend.CUDNN_ATTENTION)}
     rows = []
-    print(f"{f'attention ({str(dtype)[6:]})':<34} {'impl':<11} {'fwd ms':>8} {'TFLOP/s':>8} {'bwd ms':>8} {'TFLOP/s':>8}")
+    print(f"{'attention (' + str(dtype)[6:] + ')':<34} {'impl':<11} {'fwd ms':>8} {'TFLOP/s':>8} {'bwd ms':>8} "
+          f"{'TFLOP/s':>8}")
     for B, H, Hkv, T, D, causal in shapes or LM_SHAPES + [VIT_SHAPE]:
         flops = 4 * B * H * T * T * D / (2 if causal else 1)
         name = f"B={B} H={H}/{Hkv} T={T} D={D}{' causal' if causal else ''}"
