@@ -225,10 +225,11 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
             loss_sum += loss.detach()
         if world > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        loss_value = loss_sum.item() / len(used) if used else float("nan")  # nan: every sample skipped
-        if used and not math.isfinite(loss_value):
-            raise UserError(f"stage {stage}: loss is {loss_value} at step {step}; lower --lr{stage} and --resume")
+        loss_value = float("nan")  # when every sample of the step was skipped: no update
         if used:
+            loss_value = loss_sum.item() / len(used)
+            if not math.isfinite(loss_value):
+                raise UserError(f"stage {stage}: loss is {loss_value} at step {step}; lower --lr{stage} and --resume")
             grad_norm = scalar(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                               cfg.grad_clip))
             optimizer.step()
