@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import parse_config, peak_flops, run_main
+from common import cpu_native_bf16, parse_config, peak_flops, run_main
 from data import IMAGE_TOKEN_INDEX
 from kernels.bench import bench_kernels
 from model import LMConfig, XmodelLM
@@ -255,8 +255,7 @@ def bench_cpu(cfg):
         torch.set_flush_denormal(True)
         step(embeds=big)
         torch.set_flush_denormal(False)
-    flags = open("/proc/cpuinfo").read() if sys.platform == "linux" else ""
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
+    native = cpu_native_bf16()
     print(f"cpu {torch.backends.cpu.get_cpu_capability()} | native bf16: {', '.join(native) or 'no'} | "
           f"torch {torch.__version__} | {torch.get_num_threads()} threads | preset {cfg.preset} | "
           f"batch {cfg.batch} x {cfg.seq_len}")

@@ -17,10 +17,11 @@ trains the `tiny` preset. Output, under out_dir:
     metrics.jsonl     one JSON line per logged step and per evaluation
 
 The loop: AdamW (weight decay on 2-D weights only), linear warmup then cosine decay,
-gradient accumulation to reach the global batch, gradient clipping, bf16 autocast on CUDA,
-optional torch.compile, DDP or FSDP2 under torchrun. Checkpoints are atomic and hold everything
-needed to continue exactly (model, optimizer, step, RNG; the data depends only on the step), whole
-and keyed by parameter name, so a run resumes under any number of processes, with or without FSDP.
+gradient accumulation to reach the global batch, gradient clipping, bf16 autocast on CUDA and
+on CPUs with native bf16 (common.mixed_precision), optional torch.compile, DDP or FSDP2 under
+torchrun. Checkpoints are atomic and hold everything needed to continue exactly (model,
+optimizer, step, RNG; the data depends only on the step), whole and keyed by parameter name, so
+a run resumes under any number of processes, with or without FSDP.
 """
 
 import dataclasses
@@ -38,8 +39,8 @@ import torch.distributed as dist
 import data
 import shapes
 from common import (InputNotFound, UserError, check_device, distribute, format_time, full_weights, load_checked,
-                    load_checkpoint, load_optimizer_state, lr_at, make_optimizer, parse_config, peak_flops, read_json,
-                    run_main, save_checkpoint, scalar, setup_distributed)
+                    load_checkpoint, load_optimizer_state, lr_at, make_optimizer, mixed_precision, parse_config,
+                    peak_flops, read_json, run_main, save_checkpoint, scalar, setup_distributed)
 from model import LOSS_CHUNK, LMConfig, XmodelLM, config_from_hf
 from tokenizer import find_tokenizer, load_tokenizer, save_tokenizer, tokenizer_digest, train_sentencepiece
 
@@ -220,8 +221,7 @@ def train(cfg, stop_at=None):
             print(f"note: the checkpoint is at step {step} and --max_steps={cfg.max_steps}: nothing is left to "
                   f"train; exporting the checkpoint's model (a larger --max_steps continues training)")
     fsdp = cfg.fsdp and world > 1
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
-                else nullcontext())
+    autocast = mixed_precision(device)
 
     train_data = data_loader(shard_dir, "train", cfg, tok.bos_id, model_config.vocab_size)
     if master and train_data.coverage < 0.99:

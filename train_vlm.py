@@ -13,7 +13,8 @@ Stage 1, alignment: the vision tower and the LM are frozen, only the projector l
 captions in the `plain` template (<image> caption\\n). Stage 2, fine-tuning: the projector
 and the LM learn (the tower stays frozen) on conversations in the Vicuna v1 template. Both:
 one epoch, linear warmup over 3% of the steps then cosine decay, weight decay 0, gradient
-accumulation to the global batch, bf16 autocast on CUDA, DDP under torchrun.
+accumulation to the global batch, bf16 autocast on CUDA and on CPUs with native bf16
+(common.mixed_precision), DDP under torchrun.
 
 Inputs: the LM directory from train_lm.py (HF Llama format with its tokenizer file), the
 CLIP tower directory from train_clip.py (HF CLIP format), LLaVA JSON files and an image folder.
@@ -41,8 +42,8 @@ import torch.distributed as dist
 import data
 import eval_vlm
 from common import (InputNotFound, UserError, check_device, distribute, format_time, full_weights, load_checked,
-                    load_checkpoint, load_optimizer_state, lr_at, make_optimizer, parse_config, read_json, run_main,
-                    save_checkpoint, scalar, setup_distributed)
+                    load_checkpoint, load_optimizer_state, lr_at, make_optimizer, mixed_precision, parse_config,
+                    read_json, run_main, save_checkpoint, scalar, setup_distributed)
 from model import IGNORE_INDEX, XmodelLM, config_from_hf
 from tokenizer import find_tokenizer, load_tokenizer, save_tokenizer
 from vision import CLIPVisionTower, ImageProcessor, OracleTower
@@ -193,7 +194,7 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     optimizer = make_optimizer(model, s, device)
     if optimizer_state:
         load_optimizer_state(model, optimizer, optimizer_state)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    autocast = mixed_precision(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if master:
         sharing = f", {world} processes ({'FSDP2' if fsdp else 'DDP'})" if world > 1 else ""

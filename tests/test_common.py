@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import common
 from common import UserError, lr_at, parse_config, read_json, save_hf_dir, tensor_dtype
 from train_lm import TRAIN_PRESETS, TrainConfig
 
@@ -39,3 +40,16 @@ def test_save_hf_dir_writes_both_files_whole(tmp_path):
     assert read_json(str(tmp_path / "m" / "config.json")) == {"model_type": "test", "torch_dtype": "float32"}
     loaded = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_mixed_precision_follows_the_hardware(monkeypatch):
+    """bf16 autocast on a CPU with native bf16 (the flags /proc/cpuinfo lists), fp32 on others and
+    when XVLM_CPU_FP32=1; the weights stay fp32 either way."""
+    w = torch.nn.Linear(4, 4)
+    with common.mixed_precision("cpu"):
+        y = w(torch.ones(2, 4))
+    assert y.dtype == (torch.bfloat16 if common.cpu_native_bf16() else torch.float32)
+    assert w.weight.dtype == torch.float32
+    monkeypatch.setenv("XVLM_CPU_FP32", "1")
+    with common.mixed_precision("cpu"):
+        assert w(torch.ones(2, 4)).dtype == torch.float32
