@@ -18,7 +18,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = {"common", "model", "vision", "xdp", "vlm", "tokenizer", "data", "shapes", "scorers", "kernels"}
-SCRIPTS = {"train_lm", "train_clip", "train_vlm", "chat", "eval_vlm", "bench", "bench_gpu", "ablate"}
+SCRIPTS = {"train_lm", "train_clip", "train_vlm", "chat", "eval_vlm", "bench", "bench_gpu", "ablate", "lookup"}
 
 
 def modules():
