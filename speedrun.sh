@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline on the shapes world, on a CPU, step by step. Each line is a plain command
-# you can copy and run alone; together they take about 12 minutes on 2 cores. The first installs
+# you can copy and run alone; together they take about 14 minutes on 2 cores. The first installs
 # what requirements.txt lists and this Python lacks (nothing when all is there; never a CUDA torch
 # by accident: see setup.sh).
 set -euo pipefail
