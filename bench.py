@@ -22,8 +22,8 @@ the tower + projector and the LM's prefill (logits at every position: a little m
 generate's prefill, which keeps the last only): the paper's case for downsampling the image tokens.
 Random weights (speed does not depend on them); bf16 on CUDA, fp32 on CPU.
 
-`train`: our training step alone (forward, backward, AdamW; bf16 autocast and the Triton
-kernels on CUDA): tokens/s, MFU against the GPU's dense bf16 peak, and peak memory next to the
+`train`: our training step alone (forward, backward, AdamW; bf16 autocast where the trainers
+use it, the Triton kernels on CUDA): tokens/s, MFU against the GPU's dense bf16 peak, and peak memory next to the
 planner's estimate. `decode`: greedy KV-cached decoding, tokens/s at batch 1 and `decode_batch`.
 
 `memory`: train_lm.py's memory planner, no GPU needed: the budget of one training process
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import cpu_native_bf16, parse_config, peak_flops, run_main
+from common import cpu_native_bf16, mixed_precision, parse_config, peak_flops, run_main
 from data import IMAGE_TOKEN_INDEX
 from kernels.bench import bench_kernels
 from model import LMConfig, XmodelLM
@@ -193,13 +193,13 @@ def bench_vlm(cfg):
 
 
 def train_step_figures(model, optimizer, x, repeats, device, sync, compiled=False):
-    """Times training steps (forward, backward, optimizer; bf16 autocast on CUDA) of `model` on x
-    (B, T+1): one step first (compilation, autotuning; its seconds are `first_step_s`), then the
-    median of `repeats` after one more. Returns step_ms, tokens_per_s, mfu_pct (None where the
+    """Times training steps (forward, backward, optimizer; bf16 where the trainers use it:
+    common.mixed_precision) of `model` on x (B, T+1): one step first (compilation, autotuning;
+    its seconds are `first_step_s`), then the median of `repeats` after one more. Returns step_ms, tokens_per_s, mfu_pct (None where the
     GPU's peak is unknown), plan_gib (train_lm.plan_memory) and, on CUDA, peak_gib."""
     B, T = x.shape[0], x.shape[1] - 1
     fn = torch.compile(model) if compiled else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
+    autocast = mixed_precision(device)
 
     def step():
         with autocast:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import mixed_precision, parse_config, run_main
+from common import UserError, mixed_precision, parse_config, run_main
 from model import LMConfig, XmodelLM
 
 
@@ -137,6 +137,8 @@ def accuracy(model, x, y):
 
 def train(cfg):
     """Train on fresh sequences; returns [(step, held-out accuracy %)]."""
+    if cfg.empty and cfg.objects != "one":
+        raise UserError("--empty=true adds the empty cells as positions of their own: it needs --objects=one")
     torch.manual_seed(cfg.seed)
     model = XmodelLM(LMConfig.preset("tiny", vocab_size=VOCAB, max_seq_len=512))
     decay = [p for p in model.parameters() if p.dim() >= 2]

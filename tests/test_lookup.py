@@ -54,3 +54,8 @@ def test_train_reports_held_out_accuracy(capsys):
     curve = lookup.train(lookup.LookupConfig(steps=2, batch=4, questions=2, eval_interval=1))
     assert [s for s, _ in curve] == [0, 1, 2] and all(0 <= a <= 100 for _, a in curve)
     assert "held-out accuracy" in capsys.readouterr().out
+
+
+def test_empty_cells_need_one_position_per_object():
+    with pytest.raises(lookup.UserError, match="--empty=true .* needs --objects=one"):
+        lookup.train(lookup.LookupConfig(objects="words", empty=True))
