@@ -8,6 +8,7 @@ skill the VLM needs from everything else (words, templates, the tower, the proje
     python lookup.py --fill=8 --gap=4           # ... and the question's words at varying places
     python lookup.py --fill=8 --gap=4 --curriculum=200   # the same, fixed places for 200 steps first
     python lookup.py --objects=words            # each object as 4 tokens, as text describes it
+    python lookup.py --empty=true --min_objects=2   # empty cells, no one-object training scenes
     python lookup.py --help
 
 A sequence is <s>, a scene of 1-4 objects (size, colour, shape, cell; no two with the same colour
@@ -25,6 +26,8 @@ on the answers only.
 --gap=G: the type token and the key come in either order with 0-G other tokens around them, so
   the question's words sit at different distances from the answer, as in natural language.
 --curriculum=N: the first N steps use gap 0. The held-out set always uses --gap.
+--min_objects=M: training scenes hold M-4 objects. In a one-object scene any question is answered
+  by copying the only object, a shortcut that delays the lookup. The held-out scenes keep 1-4.
 
 Accuracy on 256 held-out sequences every `eval_interval` steps. Model: model.py's `tiny` shape
 (4 layers, 256 wide, 8 heads, 2 KV heads) over a 128-token vocabulary. AdamW, warmup, cosine to
@@ -50,6 +53,7 @@ class LookupConfig:
     fill: int = 0                   # fixed tokens between a question and its answer
     gap: int = 0                    # up to this many other tokens around the question's two words
     curriculum: int = 0             # steps trained with gap 0 before --gap
+    min_objects: int = 1            # fewest objects in a training scene (held-out scenes: 1-4)
     questions: int = 6              # questions per sequence
     steps: int = 400
     batch: int = 32
@@ -58,6 +62,7 @@ class LookupConfig:
     seed: int = 0
     eval_interval: int = 100
     CHECKS = dict(objects=("one", "words"), fill="0 <= x <= 40", gap="0 <= x <= 12", curriculum="x >= 0",
+                  min_objects="1 <= x <= 4",
                   questions="x >= 1", steps="x >= 1", batch="x >= 1", lr="x > 0", warmup="x >= 0", seed="x >= 0",
                   eval_interval="x >= 1")
 
@@ -70,12 +75,13 @@ BOS, SEP, FILL, OTHER, VOCAB = 1, 3, 70, 100, 128  # FILL.. fixed fillers, OTHER
 IGNORE = -100
 
 
-def example(rng, cfg, gap):
-    """(positions, labels): a position is a tuple of up to 4 token ids whose embeddings are summed
-    (0 = none); labels hold the answer at the position that predicts it, IGNORE elsewhere."""
+def example(rng, cfg, gap, fewest=1):
+    """(positions, labels) of a scene of `fewest`-4 objects: a position is a tuple of up to 4 token
+    ids whose embeddings are summed (0 = none); labels hold the answer at the position that
+    predicts it, IGNORE elsewhere."""
     keyed = []
     while not keyed:  # a scene with at least one object a question can name
-        n = rng.randint(1, 4)
+        n = rng.randint(fewest, 4)
         cells = rng.sample(range(ATTRS["cell"]), n)
         pairs = rng.sample([(c, s) for c in range(ATTRS["colour"]) for s in range(ATTRS["shape"])], n)
         objs = [{"size": rng.randrange(2), "colour": c, "shape": s, "cell": cell} for (c, s), cell in zip(pairs, cells)]
@@ -110,8 +116,8 @@ def example(rng, cfg, gap):
     return pos, labels
 
 
-def batch(rng, cfg, n, gap):
-    rows = [example(rng, cfg, gap) for _ in range(n)]
+def batch(rng, cfg, n, gap, fewest=1):
+    rows = [example(rng, cfg, gap, fewest) for _ in range(n)]
     T = max(len(p) for p, _ in rows)
     x = torch.zeros(n, T, 4, dtype=torch.long)
     y = torch.full((n, T), IGNORE)
@@ -157,7 +163,7 @@ def train(cfg):
         scale = min(1.0, (step + 1) / max(1, cfg.warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / cfg.steps)))
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * scale
-        x, y = batch(rng, cfg, cfg.batch, 0 if step < cfg.curriculum else cfg.gap)
+        x, y = batch(rng, cfg, cfg.batch, 0 if step < cfg.curriculum else cfg.gap, cfg.min_objects)
         with mixed_precision("cpu"):
             _, loss = model(embeds=embed(model, x), targets=y)
         loss.backward()

@@ -59,3 +59,17 @@ def test_train_reports_held_out_accuracy(capsys):
 def test_empty_cells_need_one_position_per_object():
     with pytest.raises(lookup.UserError, match="--empty=true .* needs --objects=one"):
         lookup.train(lookup.LookupConfig(objects="words", empty=True))
+
+
+def test_min_objects_bounds_the_training_scenes_only(monkeypatch):
+    cfg = lookup.LookupConfig(empty=True, min_objects=2)
+    rng = random.Random(0)
+    count = lambda fewest: [sum(o is not None for o in objects_in(lookup.example(rng, cfg, 0, fewest)[0], cfg))
+                            for _ in range(200)]
+    assert min(count(2)) == 2 and max(count(2)) == 4
+    assert min(count(1)) == 1                                  # what the held-out set is drawn with
+    calls, real = [], lookup.batch
+    monkeypatch.setattr(lookup, "batch", lambda rng, cfg, n, gap, fewest=1: calls.append(fewest) or
+                        real(rng, cfg, n, gap, fewest))
+    lookup.train(lookup.LookupConfig(steps=1, batch=2, questions=1, eval_interval=1, min_objects=3))
+    assert calls == [1, 3]                                     # held-out at 1-4, the training step at 3-4
