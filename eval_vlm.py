@@ -35,15 +35,21 @@ and line: nothing is scored on partial data. The paper's ablations are ablate.py
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from unittest import mock
 
 import torch
 
+import model as lm_code
 from common import checked, run_main, run_moved
-from data import build_sample
-from scorers import CHOICE, SCORERS, SHAPES, ScoreError, find, load_json, load_jsonl, read_answers, rounded, score
+from data import IMAGE_TOKEN_INDEX, build_sample
+from scorers import (CHOICE, SCORERS, SHAPES, ScoreError, find, gqa_right, load_json, load_jsonl, read_answers,
+                     rounded, score)
 from vision import ImageProcessor
 from vlm import load
 
@@ -105,30 +111,39 @@ def run(bench, ckpt, data_dir, out, batch_size=32, max_new_tokens=32, image_fold
     questions = read_questions(bench, data_dir, image_folder)
     done = {str(a["question_id"]) for a in read_answers(out)} if os.path.exists(out) else set()
     todo = [q for q in questions if str(q["question_id"]) not in done]
-    processor = ImageProcessor(model.vision_tower.config.image_size)
     suffix = PROMPT_SUFFIX.get(bench, "")
     print(f"{bench}: {len(questions)} questions, {len(done)} already answered in {out}")
     t0 = time.time()
     with open(out, "a") as f:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
-            turns = [[{"from": "human", "value": ("<image>\n" if q["image"] else "") + q["text"] + suffix}]
-                     for q in chunk]
-            prompts = [build_sample(t, tok, "vicuna_v1")[0] for t in turns]
-            images = [processor(q["image"]) for q in chunk if q["image"]]
-            pixels = torch.stack(images).to(device) if images else None
-            new = model.generate(prompts, pixels, max_new_tokens=max_new_tokens, eos_id=tok.eos_id,
-                                 pad_id=tok.pad_id)
-            for q, row in zip(chunk, new.tolist()):
-                row = row[:row.index(tok.eos_id)] if tok.eos_id in row else row
+            for q, text in zip(chunk, answer(model, tok, chunk, suffix, max_new_tokens)):
                 f.write(json.dumps({"question_id": q["question_id"], "prompt": q["text"] + suffix,
-                                    "text": tok.decode(row).strip(), "model_id": os.path.basename(ckpt.rstrip("/"))}) + "\n")
+                                    "text": text, "model_id": os.path.basename(ckpt.rstrip("/"))}) + "\n")
             f.flush()
             n, dt = i + len(chunk), time.time() - t0
             if sys.stdout.isatty() or n == len(todo):  # a log file gets the last line only
                 print(f"\r{bench}: {n}/{len(todo)} | {n / dt:.1f} questions/s | ETA {dt / n * (len(todo) - n):.0f}s",
                       end="", flush=True)
     print()
+
+
+def prompt_ids(tok, question, suffix=""):
+    """The Vicuna v1 prompt of one question (a read_questions row), up to "ASSISTANT:"."""
+    turn = {"from": "human", "value": ("<image>\n" if question["image"] else "") + question["text"] + suffix}
+    return build_sample([turn], tok, "vicuna_v1")[0]
+
+
+def answer(model, tok, questions, suffix="", max_new_tokens=32):
+    """Greedy replies of the model to a batch of read_questions rows, as stripped strings."""
+    device = model.lm.lm_head.weight.device
+    processor = ImageProcessor(model.vision_tower.config.image_size)
+    images = [processor(q["image"]) for q in questions if q["image"]]
+    pixels = torch.stack(images).to(device) if images else None
+    new = model.generate([prompt_ids(tok, q, suffix) for q in questions], pixels, max_new_tokens=max_new_tokens,
+                         eos_id=tok.eos_id, pad_id=tok.pad_id)
+    rows = [row[:row.index(tok.eos_id)] if tok.eos_id in row else row for row in new.tolist()]
+    return [tok.decode(row).strip() for row in rows]
 
 
 def run_command(args):
@@ -178,6 +193,149 @@ def print_shapes_table(results):
     for name, value, target in rows:
         mark = "" if target is None else ("  ok" if value >= target else "  below target")
         print(f"{name:<36} {value:7.1f} {'' if target is None else f'{target:7.1f}'}{mark}")
+
+
+# -----------------------------------------------------------------------------
+# Watching a shapes-world run learn: the probe train_vlm.py runs every `probe` steps of stage 2,
+# and the two pictures it saves next to the model at the end.
+
+def probe_questions(world, per_type=20):
+    """The first `per_type` held-out GQA-style questions of each type, in file order, with their
+    answers: [(read_questions row, answer, type)]. The same questions at every probe."""
+    info = load_json(os.path.join(world, "manifest.json"))["benchmarks"]["gqa"]
+    truth = load_json(find(os.path.dirname(os.path.join(world, info["question_file"])),
+                           "testdev_balanced_questions.json"))
+    picked, taken = [], Counter()
+    for q in read_questions("shapes_gqa", world):
+        gold = truth[str(q["question_id"])]
+        kind = gold["types"]["detailed"]
+        if taken[kind] < per_type:
+            taken[kind] += 1
+            picked.append((q, gold["answer"], kind))
+    return picked
+
+
+def probe(model, tok, picked, batch_size=32):
+    """Accuracy (%) per question type, and overall, of the model's greedy replies to probe_questions."""
+    was_training = model.training
+    model.eval()
+    right = defaultdict(list)
+    for i in range(0, len(picked), batch_size):
+        chunk = picked[i:i + batch_size]
+        for (_, gold, kind), text in zip(chunk, answer(model, tok, [q for q, _, _ in chunk], max_new_tokens=8)):
+            right[kind].append(gqa_right(text, gold))
+    model.train(was_training)
+    result = {"overall": 100 * sum(map(sum, right.values())) / len(picked)}
+    return {**result, **{kind: 100 * sum(r) / len(r) for kind, r in sorted(right.items())}}
+
+
+def learning_curves(metrics_path):
+    """From a run's metrics.jsonl: stage 2's loss {step: loss} and probes {type: {step: %}}. Where
+    the steps go back (a fresh run in the same folder, a resume from an earlier checkpoint), the
+    rows from there on replace the earlier ones."""
+    loss, probes, last = {}, defaultdict(dict), 0
+    for row in load_jsonl(metrics_path):
+        if row.get("stage") != 2 or "step" not in row:
+            continue
+        step = row["step"]
+        if step < last:
+            loss = {s: v for s, v in loss.items() if s < step}
+            probes = defaultdict(dict, {k: {s: v for s, v in p.items() if s < step} for k, p in probes.items()})
+        last = step
+        if "loss" in row:
+            loss[step] = row["loss"]
+        for kind, acc in row.get("probe", {}).items():
+            probes[kind][step] = acc
+    return loss, dict(probes)
+
+
+@contextmanager
+def recorded_attention():
+    """model.attention, swapped for the same computation written out, softmax(Q K^T / sqrt(d)) V,
+    which also keeps its probabilities: yields a list that gets one (B, H, Tq, Tk) tensor per call
+    (per layer, in order). For pictures of small models; fused attention never forms this matrix."""
+    kept = []
+
+    def written_out(q, k, v, causal, mask=None):
+        rep = q.shape[1] // k.shape[1]                          # GQA: query head h reads kv head h // rep
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        if mask is None and causal:                             # the last Tq of Tk positions
+            Tq, Tk = scores.shape[-2:]
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(-1)
+        kept.append(probs)
+        return (probs @ v.float()).to(v.dtype)
+
+    with mock.patch.object(lm_code, "attention", written_out):
+        yield kept
+
+
+def attention_to_image(model, tok, question):
+    """Where the answer looks: for one read_questions row with an image, the attention of the
+    prompt's last position (the one that predicts the answer's first token) on each visual
+    token, averaged over the heads, one row per layer: (layers, visual tokens), and the reply."""
+    device = model.lm.lm_head.weight.device
+    ids = prompt_ids(tok, question)
+    pixels = ImageProcessor(model.vision_tower.config.image_size)(question["image"])[None].to(device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), recorded_attention() as kept:
+        x, _ = model.prompt_embeds([ids], pixels)
+        model.lm(embeds=x)
+    reply = answer(model, tok, [question], max_new_tokens=8)[0]
+    model.train(was_training)
+    start, n = ids.index(IMAGE_TOKEN_INDEX), model.mm_projector.tokens
+    return torch.stack([p[0, :, -1, start:start + n].mean(0) for p in kept]), reply
+
+
+def save_pictures(model, tok, world, metrics_path, out_dir):
+    """learning.png: stage 2's loss and the probe's accuracy per question type against steps.
+    attention.png: the first held-out question's image and, per layer, how much the answer
+    attended to each visual token (the token grid, when the count is a square). Returns the
+    paths written (none without matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): no learning.png or attention.png")
+        return []
+    loss, probes = learning_curves(metrics_path)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(list(loss), list(loss.values()))
+    left.set(xlabel="stage-2 step", ylabel="training loss", title="loss")
+    for kind, points in probes.items():
+        right.plot(list(points), list(points.values()), marker="o", lw=2.5 if kind == "overall" else 1.2,
+                   label=kind, color="black" if kind == "overall" else None)
+    right.set(xlabel="stage-2 step", ylabel="held-out accuracy (%)", ylim=(0, 100),
+              title="probe: 20 held-out questions of each type")
+    right.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    learning = os.path.join(out_dir, "learning.png")
+    fig.savefig(learning, dpi=100)
+    plt.close(fig)
+
+    question, gold, _ = probe_questions(world, per_type=1)[0]
+    maps, reply = attention_to_image(model, tok, question)
+    side = math.isqrt(maps.shape[1])
+    shape = (side, side) if side * side == maps.shape[1] else (1, maps.shape[1])
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.6 * (1 + len(maps)), 3.2))
+    axes[0].imshow(plt.imread(question["image"]))
+    axes[0].set_title("held-out image", fontsize=9)
+    for layer, (ax, m) in enumerate(zip(axes[1:], maps)):
+        ax.imshow(m.reshape(shape).cpu().numpy(), cmap="viridis", vmin=0, vmax=float(maps.max()))  # one scale
+        ax.set_title(f"layer {layer}: {100 * m.sum():.0f}% on the image", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"{question['text'].splitlines()[0]}  reply: {reply!r}  answer: {gold!r}", fontsize=9)
+    fig.tight_layout()
+    picture = os.path.join(out_dir, "attention.png")
+    fig.savefig(picture, dpi=100)
+    plt.close(fig)
+    return [learning, picture]
 
 
 # -----------------------------------------------------------------------------

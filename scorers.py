@@ -353,6 +353,11 @@ def score_vizwiz(answers, data_dir, upload=None, answers_path="answers.jsonl", *
 
 # ----- GQA: scripts/convert_gqa_for_eval.py + GQA's eval/eval.py ---------------
 
+def gqa_right(text, answer):
+    """GQA's eval.py: the reply, '.' stripped from its end and lower-cased, equals the answer."""
+    return text.rstrip(".").lower() == answer
+
+
 def score_gqa(answers, data_dir, per_type=False, **_):
     """The prediction is text.rstrip('.').lower() (nothing else: ' red' != 'red'), compared exactly
     with the answer, over the balanced questions. Every question in the file needs an answer
@@ -366,7 +371,7 @@ def score_gqa(answers, data_dir, per_type=False, **_):
     for qid, q in questions.items():
         if not q.get("isBalanced", True):
             continue
-        right = preds[qid]["text"].rstrip(".").lower() == q["answer"]
+        right = gqa_right(preds[qid]["text"], q["answer"])
         types = q.get("types", {})
         scores["accuracy"].append(right)
         scores["open" if types.get("structural") == "query" else "binary"].append(right)

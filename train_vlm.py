@@ -20,10 +20,12 @@ Inputs: the LM directory from train_lm.py (HF Llama format with its tokenizer fi
 CLIP tower directory from train_clip.py (HF CLIP format), LLaVA JSON files and an image folder.
 Output, under out_dir: stage1/ (the model after stage 1), model/ (the final model: config,
 weights, vision/, tokenizer; chat.py and eval_vlm.py load it), ckpt/ (resume with
---resume=true), metrics.jsonl. Samples that cannot be used (missing or corrupt image, bad
-structure, too long, text-only in stage 1) are skipped and counted; more than 1% of them stops
-the run, before training when a quick pass over the file finds them. Samples longer than
---max_len are cut at the end and counted.
+--resume=true), metrics.jsonl; on the shapes world also learning.png (loss and held-out accuracy
+per question type against steps, from the probe every --probe steps) and attention.png (where
+the answer to the first held-out question looked in its image). Samples that cannot be used
+(missing or corrupt image, bad structure, too long, text-only in stage 1) are skipped and
+counted; more than 1% of them stops the run, before training when a quick pass over the file
+finds them. Samples longer than --max_len are cut at the end and counted.
 """
 
 import dataclasses
@@ -89,6 +91,9 @@ class VLMConfig:
     image_check: int = 128          # after each stage: loss on this many samples with their own vs another
                                     # sample's image (image_use); 0 = skip
     evaluate: bool = True           # score the held-out shapes benchmarks at the end
+    probe: int = 50                 # shapes world, stage 2: every this many steps answer 20 held-out questions
+                                    # of each type (eval_vlm.probe, logged to metrics.jsonl; 0 = never); at
+                                    # the end learning.png and attention.png are drawn from them
     oracle: bool = False            # diagnostic (shapes world): perfect per-cell features from the scenes'
                                     # ground truth instead of the tower (vision.OracleTower), so the score
                                     # measures the LM and projector alone; nothing is saved, the held-out
@@ -98,7 +103,8 @@ class VLMConfig:
         stage=("1", "2", "both"), projector=tuple(PROJECTORS), tokens="x >= 0", max_len="x >= 2", lr1="x > 0",
         batch1="x >= 1", steps1="x >= 0", lr2="x > 0", batch2="x >= 1", steps2="x >= 0", micro_batch="x >= 1",
         warmup_ratio="0 <= x <= 1", weight_decay="x >= 0", grad_clip="x > 0", device=check_device, seed="x >= 0",
-        out_dir="x != ''", workers="x >= 0", log_interval="x >= 1", ckpt_interval="x >= 1", image_check="x >= 0")
+        out_dir="x != ''", workers="x >= 0", log_interval="x >= 1", ckpt_interval="x >= 1", image_check="x >= 0",
+        probe="x >= 0")
 
 
 VLM_PRESETS = {
@@ -201,6 +207,9 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
         print(f"stage {stage} ({template}{sharing}): {len(dataset)} samples, {s.max_steps} steps of {s.batch}, "
               f"lr {s.lr}, {trainable / 1e6:.2f}M trainable parameters, {model.mm_projector.tokens} visual tokens")
     metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
+    # the probe runs in the first process alone (greedy decoding), so not on FSDP's shards
+    probing = stage == 2 and cfg.probe and master and not fsdp and os.path.isfile(os.path.join(cfg.data, "manifest.json"))
+    probe_set = eval_vlm.probe_questions(cfg.data) if probing else None
     skipped, cut, seen, batches = [], [], 0, iter(loader)
     t0, t_last = time.time(), time.time()
     if master and start_step >= s.max_steps:
@@ -246,6 +255,11 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
                   f"grad norm {grad_norm:.2f} | {s.batch / dt:.1f} samples/s | ETA {format_time(eta)}", flush=True)
             metrics.write(json.dumps({"stage": stage, "step": done, "loss": loss_value, "lr": lr,
                                       "grad_norm": float(grad_norm), "samples_per_s": s.batch / dt}) + "\n")
+            metrics.flush()
+        if probing and (done % cfg.probe == 0 or done == s.max_steps):
+            accuracy = eval_vlm.probe(model, tok, probe_set)
+            print(f"stage 2 step {done} probe: " + ", ".join(f"{k} {v:.0f}" for k, v in accuracy.items()), flush=True)
+            metrics.write(json.dumps({"stage": 2, "step": done, "probe": accuracy}) + "\n")
             metrics.flush()
         if done % cfg.ckpt_interval == 0 or done in (s.max_steps, stop_at):
             save_checkpoint(os.path.join(cfg.out_dir, "ckpt"), model, optimizer, done,
@@ -401,6 +415,10 @@ def main(cfg, stop_at=None):
             print(f"stage {stage} done; model saved to {out}")
     if dist.is_initialized():
         dist.destroy_process_group()
+    if master and 2 in stages and cfg.probe and os.path.isfile(os.path.join(cfg.data, "manifest.json")):
+        for picture in eval_vlm.save_pictures(model.eval(), tok, cfg.data, os.path.join(cfg.out_dir, "metrics.jsonl"),
+                                              cfg.out_dir):
+            print(f"drew {picture}")
     if master and 2 in stages and cfg.evaluate and os.path.exists(os.path.join(cfg.data, "eval")):
         eval_vlm.shapes_report(final_dir, cfg.data, os.path.join(cfg.out_dir, "eval"),
                                loaded=(model.eval(), tok, True) if cfg.oracle else None)

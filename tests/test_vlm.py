@@ -444,3 +444,77 @@ def test_oracle_run_trains_and_scores_in_process_without_saving(world):
     assert not (out / "model").exists() and not (out / "stage1").exists()
     with pytest.raises(UserError, match="oracle"):
         train_vlm.main(vlm_config(world, "oracle", oracle=True, stage="2"))
+
+
+# ----- the probe and the pictures ---------------------------------------------------
+
+def test_recorded_attention_is_the_models_attention():
+    """The written-out attention (which keeps its probabilities) against SDPA: the same logits,
+    rows that sum to one, nothing on later positions, one matrix per layer."""
+    vlm = tiny_vlm().eval()
+    prompts, pixels = [[1, 40, IMAGE_TOKEN_INDEX, 50, 60, 61]], torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        x, _ = vlm.prompt_embeds(prompts, pixels)
+        reference, _ = vlm.lm(embeds=x)
+        with eval_vlm.recorded_attention() as kept:
+            written_out, _ = vlm.lm(embeds=x)
+    assert torch.allclose(written_out, reference, atol=1e-5)
+    assert len(kept) == vlm.lm.config.n_layer
+    T = x.shape[1]
+    for probs in kept:
+        assert probs.shape == (1, vlm.lm.config.n_head, T, T)
+        assert torch.allclose(probs.sum(-1), torch.ones(1, vlm.lm.config.n_head, T))
+        assert (probs.triu(1) == 0).all()
+
+
+def test_probe_counts_right_answers_per_type(world, monkeypatch):
+    picked = eval_vlm.probe_questions(str(world / "shapes"), per_type=2)
+    questions = eval_vlm.read_questions("shapes_gqa", str(world / "shapes"))
+    truth = json.load(open(world / "shapes" / "eval" / "gqa" / "testdev_balanced_questions.json"))
+    kinds = [truth[str(q["question_id"])]["types"]["detailed"] for q in questions]
+    expected = []  # by hand: the first two of each type, in file order
+    for q, kind in zip(questions, kinds):
+        if sum(k == kind for _, _, k in expected) < 2:
+            expected.append((q, truth[str(q["question_id"])]["answer"], kind))
+    assert picked == expected
+    # a model that gets the first question of each type right (with GQA's allowed '.' and capitals)
+    first = {}
+    for q, gold, kind in picked:
+        first.setdefault(kind, q["question_id"])
+    gold_of = {q["question_id"]: gold for q, gold, _ in picked}
+    monkeypatch.setattr(eval_vlm, "answer", lambda model, tok, qs, **_: [
+        gold_of[q["question_id"]].capitalize() + "." if q["question_id"] in first.values() else "zebra"
+        for q in qs])
+    vlm = tiny_vlm().train()
+    result = eval_vlm.probe(vlm, None, picked, batch_size=3)
+    per_kind = {k: sum(kk == k for _, _, kk in picked) for k in first}
+    assert result == {"overall": pytest.approx(100 * len(first) / len(picked)),
+                      **{k: 100 / n for k, n in sorted(per_kind.items())}}
+    assert vlm.training                                      # the mode is restored
+
+
+def test_learning_curves_keep_the_latest_run(tmp_path):
+    rows = [{"stage": 1, "step": 1, "loss": 9.0}]
+    rows += [{"stage": 2, "step": s, "loss": 5.0 - s} for s in (1, 2, 3, 4)]
+    rows += [{"stage": 2, "step": 4, "probe": {"colour": 40.0}}]
+    rows += [{"stage": 2, "step": s, "loss": 10.0 + s} for s in (1, 2)]           # a fresh run, same folder
+    rows += [{"stage": 2, "step": 2, "probe": {"colour": 7.0}}]
+    rows += [{"stage": 2, "image_use": {"own": 1.0}}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loss, probes = eval_vlm.learning_curves(str(path))
+    assert loss == {1: 11.0, 2: 12.0} and probes == {"colour": {2: 7.0}}
+
+
+def test_training_probes_and_draws_the_pictures(world):
+    out = world / "pictures"
+    model = train_vlm.main(vlm_config(world, "pictures", steps2=2, probe=1, image_check=0))
+    probes = [r for r in map(json.loads, open(out / "metrics.jsonl")) if "probe" in r]
+    assert [r["step"] for r in probes] == [1, 2]
+    assert all(set(r["probe"]) >= {"overall", "colour"} for r in probes)
+    for name in ("learning.png", "attention.png"):
+        assert Image.open(out / name).size[0] > 200
+    question = eval_vlm.probe_questions(str(world / "shapes"), per_type=1)[0][0]
+    maps, reply = eval_vlm.attention_to_image(model, load_tokenizer(str(world / "lm" / "tok.model")), question)
+    assert maps.shape == (model.lm.config.n_layer, model.mm_projector.tokens)
+    assert ((maps >= 0) & (maps.sum(1, keepdim=True) <= 1 + 1e-5)).all() and isinstance(reply, str)
