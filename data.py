@@ -272,7 +272,8 @@ class TokenLoader:
 #   plain      <s><image>{caption}\n                       (stage 1; the instruction is dropped)
 #   vicuna_v1  <s>{system} USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>
 # Only the caption and newline (plain) or the answers and their </s> (vicuna_v1) have labels;
-# everything else is IGNORE_INDEX. "<image>" becomes one IMAGE_TOKEN_INDEX placeholder id that
+# everything else is IGNORE_INDEX. With questions=True (the shapes world's stage 2, not LLaVA's)
+# the user's turns that an answer follows have labels too: "USER: <image>\n{q1} ASSISTANT:". "<image>" becomes one IMAGE_TOKEN_INDEX placeholder id that
 # the model replaces by the projected visual tokens.
 #
 # Each piece of the template is tokenized on its own and the pieces are concatenated, so the
@@ -293,9 +294,10 @@ class SampleError(UserError):
     """A sample that cannot be turned into training data; the dataset skips and counts it."""
 
 
-def template_pieces(turns, template):
+def template_pieces(turns, template, questions=False):
     """(text, supervised, then_eos) pieces of one conversation. If the conversation ends with a
-    human turn, the pieces end with the prompt for the answer (for generation)."""
+    human turn, the pieces end with the prompt for the answer (for generation). questions: the
+    user's turns are supervised too (vicuna_v1), except a last one that no answer follows."""
     if template == "plain":
         # LLaVA's plain template keeps only the image and the caption
         pieces = [(IMAGE, False, False)] if IMAGE in turns[0]["value"] else []
@@ -307,18 +309,18 @@ def template_pieces(turns, template):
         question = turns[i]["value"]
         if i == 0 and IMAGE in question:  # LLaVA puts the image first: "<image>\n{question}"
             question = IMAGE + "\n" + question.replace(IMAGE, "").strip()
-        pieces.append((f"USER: {question} ASSISTANT:", False, False))
+        pieces.append((f"USER: {question} ASSISTANT:", questions and i + 1 < len(turns), False))
         if i + 1 < len(turns):
             pieces.append((" " + turns[i + 1]["value"], True, True))
     return pieces
 
 
-def build_sample(turns, tok, template, sample_id="?"):
+def build_sample(turns, tok, template, sample_id="?", questions=False):
     """The one function that builds (input_ids, labels) lists for both templates.
     input_ids holds IMAGE_TOKEN_INDEX where the image goes; labels are IGNORE_INDEX except on
     what the model must learn to say. Raises SampleError naming the sample if it cannot."""
     ids, labels = [tok.bos_id], [IGNORE_INDEX]
-    for text, supervised, then_eos in template_pieces(turns, template):
+    for text, supervised, then_eos in template_pieces(turns, template, questions):
         for k, chunk in enumerate(text.split(IMAGE)):
             if k > 0:
                 ids.append(IMAGE_TOKEN_INDEX)
@@ -327,7 +329,8 @@ def build_sample(turns, tok, template, sample_id="?"):
                 continue
             chunk_ids = tok.encode(chunk)
             if supervised and " ".join(tok.decode(chunk_ids).split()) != " ".join(chunk.split()):
-                raise SampleError(f"sample {sample_id}: the tokenizer cannot reproduce the answer {chunk!r} "
+                raise SampleError(f"sample {sample_id}: the tokenizer cannot reproduce the "
+                                  f"{'answer' if then_eos or template == 'plain' else 'question'} {chunk!r} "
                                   f"(it decodes to {tok.decode(chunk_ids)!r}); its labels would be wrong")
             ids += chunk_ids
             labels += chunk_ids if supervised else [IGNORE_INDEX] * len(chunk_ids)
@@ -386,9 +389,11 @@ class LLaVADataset(torch.utils.data.Dataset):
     the trainer counts it), never inside the image, and dropped if nothing supervised would
     remain. The plain template (stage 1) skips text-only samples: they never reach the projector."""
 
-    def __init__(self, json_path, image_folder, tok, template, image_processor, n_image_tokens, max_len):
+    def __init__(self, json_path, image_folder, tok, template, image_processor, n_image_tokens, max_len,
+                 questions=False):
         self.samples = load_llava_json(json_path)
         self.path, self.image_folder, self.tok, self.template = json_path, image_folder, tok, template
+        self.questions = questions  # build_sample's: labels on the user's turns too
         self.image_processor, self.n_image_tokens, self.max_len = image_processor, n_image_tokens, max_len
 
     def __len__(self):
@@ -422,7 +427,7 @@ class LLaVADataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         sample, sid = self.samples[i], self.sample_id(i)
         try:
-            ids, labels = build_sample(self.check(i), self.tok, self.template, sid)
+            ids, labels = build_sample(self.check(i), self.tok, self.template, sid, self.questions)
             n = len(ids)
             ids, labels = self.truncate(ids, labels, sid)
             pixels = None

@@ -9,6 +9,8 @@ skill the VLM needs from everything else (words, templates, the tower, the proje
     python lookup.py --fill=8 --gap=4 --curriculum=200   # the same, fixed places for 200 steps first
     python lookup.py --objects=words            # each object as 4 tokens, as text describes it
     python lookup.py --empty=true --min_objects=2   # empty cells, no one-object training scenes
+    python lookup.py --empty=true --min_objects=2 --fill=3 --questions=1 --batch=192 --pairs=0.5
+                                                # half the questions name their object by two words
     python lookup.py --help
 
 A sequence is <s>, a scene of 1-4 objects (size, colour, shape, cell; no two with the same colour
@@ -28,6 +30,9 @@ on the answers only.
 --curriculum=N: the first N steps use gap 0. The held-out set always uses --gap.
 --min_objects=M: training scenes hold M-4 objects. In a one-object scene any question is answered
   by copying the only object, a shortcut that delays the lookup. The held-out scenes keep 1-4.
+--pairs=P: a share P of the questions name their object by its colour and shape together (two
+  tokens, as "Where is the blue star?" does) and ask its size or cell; accuracy is then also
+  printed for each kind of key.
 
 Accuracy on 256 held-out sequences every `eval_interval` steps. Model: model.py's `tiny` shape
 (4 layers, 256 wide, 8 heads, 2 KV heads) over a 128-token vocabulary. AdamW, warmup, cosine to
@@ -54,6 +59,7 @@ class LookupConfig:
     gap: int = 0                    # up to this many other tokens around the question's two words
     curriculum: int = 0             # steps trained with gap 0 before --gap
     min_objects: int = 1            # fewest objects in a training scene (held-out scenes: 1-4)
+    pairs: float = 0.0              # share of questions keyed by colour and shape together
     questions: int = 6              # questions per sequence
     steps: int = 400
     batch: int = 32
@@ -62,7 +68,7 @@ class LookupConfig:
     seed: int = 0
     eval_interval: int = 100
     CHECKS = dict(objects=("one", "words"), fill="0 <= x <= 40", gap="0 <= x <= 12", curriculum="x >= 0",
-                  min_objects="1 <= x <= 4",
+                  min_objects="1 <= x <= 4", pairs="0 <= x <= 1",
                   questions="x >= 1", steps="x >= 1", batch="x >= 1", lr="x > 0", warmup="x >= 0", seed="x >= 0",
                   eval_interval="x >= 1")
 
@@ -76,9 +82,10 @@ IGNORE = -100
 
 
 def example(rng, cfg, gap, fewest=1):
-    """(positions, labels) of a scene of `fewest`-4 objects: a position is a tuple of up to 4 token
-    ids whose embeddings are summed (0 = none); labels hold the answer at the position that
-    predicts it, IGNORE elsewhere."""
+    """(positions, labels, paired) of a scene of `fewest`-4 objects: a position is a tuple of up to
+    4 token ids whose embeddings are summed (0 = none); labels hold the answer at the position
+    that predicts it, IGNORE elsewhere; paired: the positions whose question named its object by
+    colour and shape."""
     keyed = []
     while not keyed:  # a scene with at least one object a question can name
         n = rng.randint(fewest, 4)
@@ -98,33 +105,45 @@ def example(rng, cfg, gap, fewest=1):
     else:
         pos += [ids(o, ATTRS) for o in objs]
     pos.append((SEP,))
-    labels = [IGNORE] * len(pos)
+    labels, paired = [IGNORE] * len(pos), []
     for _ in range(cfg.questions):
         o, key = rng.choice(keyed)
         asked = rng.choice([k for k in ATTRS if k != key])
-        words = [ASK[asked], OFFSET[key] + o[key]]
+        named = [OFFSET[key] + o[key]]
+        pair = cfg.pairs > 0 and rng.random() < cfg.pairs
+        if pair:  # any object: no two share both colour and shape
+            o, asked = rng.choice(objs), rng.choice(["size", "cell"])
+            named = [OFFSET["colour"] + o["colour"], OFFSET["shape"] + o["shape"]]
+        first, second = [ASK[asked]], named
         if gap:
             others = [OTHER + rng.randrange(16) for _ in range(rng.randint(0, gap))]
-            first, second = words if rng.random() < 0.5 else words[::-1]
+            first, second = (first, second) if rng.random() < 0.5 else (second, first)
             cut = rng.randint(0, len(others))
-            words = others[:cut] + [first] + others[cut:cut + 1] + [second] + others[cut + 1:]
+            words = others[:cut] + first + others[cut:cut + 1] + second + others[cut + 1:]
+        else:
+            words = first + second
         words += [FILL + i for i in range(cfg.fill)]
         pos += [(t,) for t in words]
         labels += [IGNORE] * (len(words) - 1) + [OFFSET[asked] + o[asked]]  # the last one predicts the answer
+        if pair:
+            paired.append(len(labels) - 1)
         pos.append((OFFSET[asked] + o[asked],))
         labels.append(IGNORE)
-    return pos, labels
+    return pos, labels, paired
 
 
 def batch(rng, cfg, n, gap, fewest=1):
+    """n examples as (x (n, T, 4) token ids, y (n, T) labels, paired (n, T) bool)."""
     rows = [example(rng, cfg, gap, fewest) for _ in range(n)]
-    T = max(len(p) for p, _ in rows)
+    T = max(len(p) for p, _, _ in rows)
     x = torch.zeros(n, T, 4, dtype=torch.long)
     y = torch.full((n, T), IGNORE)
-    for i, (p, labels) in enumerate(rows):
+    paired = torch.zeros(n, T, dtype=torch.bool)
+    for i, (p, labels, at) in enumerate(rows):
         x[i, :len(p)] = torch.tensor([list(t) + [0] * (4 - len(t)) for t in p])
         y[i, :len(labels)] = torch.tensor(labels)
-    return x, y
+        paired[i, at] = True
+    return x, y, paired
 
 
 def embed(model, x):
@@ -132,13 +151,16 @@ def embed(model, x):
     return (model.model.embed_tokens(x) * (x != 0).unsqueeze(-1)).sum(2)
 
 
-def accuracy(model, x, y):
+def accuracy(model, x, y, paired):
+    """Held-out accuracy (%) over all answers, and over those keyed by one word and by a colour and
+    shape pair (None where there are none)."""
     model.eval()
     with torch.no_grad(), mixed_precision("cpu"):
         logits, _ = model(embeds=embed(model, x))
     model.train()
-    m = y != IGNORE
-    return 100 * (logits.argmax(-1)[m] == y[m]).float().mean().item()
+    right, m = logits.argmax(-1) == y, y != IGNORE
+    share = lambda mask: 100 * right[mask].float().mean().item() if mask.any() else None
+    return share(m), share(m & ~paired), share(m & paired)
 
 
 def train(cfg):
@@ -155,15 +177,17 @@ def train(cfg):
     curve, t0 = [], time.time()
     for step in range(cfg.steps + 1):
         if step % cfg.eval_interval == 0 or step == cfg.steps:
-            curve.append((step, accuracy(model, *held_out)))
-            print(f"step {step}/{cfg.steps} | held-out accuracy {curve[-1][1]:.1f}% | {time.time() - t0:.0f} s",
+            overall, one, two = accuracy(model, *held_out)
+            curve.append((step, overall))
+            kinds = f" (one-word keys {one:.1f}%, colour+shape keys {two:.1f}%)" if cfg.pairs else ""
+            print(f"step {step}/{cfg.steps} | held-out accuracy {overall:.1f}%{kinds} | {time.time() - t0:.0f} s",
                   flush=True)
         if step == cfg.steps:
             return curve
         scale = min(1.0, (step + 1) / max(1, cfg.warmup)) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / cfg.steps)))
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * scale
-        x, y = batch(rng, cfg, cfg.batch, 0 if step < cfg.curriculum else cfg.gap, cfg.min_objects)
+        x, y, _ = batch(rng, cfg, cfg.batch, 0 if step < cfg.curriculum else cfg.gap, cfg.min_objects)
         with mixed_precision("cpu"):
             _, loss = model(embeds=embed(model, x), targets=y)
         loss.backward()

@@ -1,8 +1,10 @@
 """lookup.py, the reading ladder's synthetic task: every answer label is the asked attribute of the
 object the question names, read back from the tokens themselves; the trainer runs and reports."""
 import random
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import lookup
 
@@ -23,12 +25,13 @@ def objects_in(pos, cfg):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(fill=8), dict(fill=3, gap=4), dict(empty=True, gap=2),
-                                dict(objects="words", fill=2)])
+                                dict(objects="words", fill=2), dict(pairs=0.5, fill=3), dict(pairs=0.5, gap=3)])
 def test_every_label_is_the_named_objects_attribute(kw):
     cfg = lookup.LookupConfig(**kw)
     rng = random.Random(0)
+    kinds = []
     for _ in range(50):
-        pos, labels = lookup.example(rng, cfg, cfg.gap)
+        pos, labels, paired = lookup.example(rng, cfg, cfg.gap)
         objs = [o for o in objects_in(pos, cfg) if o]
         assert 1 <= len(objs) <= 4 and len(pos) == len(labels)
         if cfg.empty:
@@ -42,18 +45,42 @@ def test_every_label_is_the_named_objects_attribute(kw):
             asked = [NAMES[w] for w in words if w in NAMES]
             keys = [(k, w - lookup.OFFSET[k]) for w in words for k in ("colour", "shape")
                     if 0 <= w - lookup.OFFSET[k] < lookup.ATTRS[k]]
-            assert len(asked) == 1 and len(keys) == 1
-            (key, value), = keys
-            named = [o for o in objs if o[key] == value]
+            assert len(asked) == 1 and len(keys) == (2 if i in paired else 1)
+            kinds.append(len(keys))
+            named = [o for o in objs if all(o[key] == value for key, value in keys)]
             assert len(named) == 1                                     # the key picks out one object
             assert labels[i] == lookup.OFFSET[asked[0]] + named[0][asked[0]]
+            if i in paired:                                            # colour and shape next to each other
+                assert {k for k, _ in keys} == {"colour", "shape"} and asked[0] in ("size", "cell")
+                at = [j for j, w in enumerate(words) if w not in NAMES and w < lookup.OTHER]
+                assert at[1] == at[0] + 1
             start = i + 2
+    assert (2 in kinds) == (cfg.pairs > 0) and 1 in kinds
 
 
 def test_train_reports_held_out_accuracy(capsys):
     curve = lookup.train(lookup.LookupConfig(steps=2, batch=4, questions=2, eval_interval=1))
     assert [s for s, _ in curve] == [0, 1, 2] and all(0 <= a <= 100 for _, a in curve)
-    assert "held-out accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "held-out accuracy" in out and "colour+shape keys" not in out
+    lookup.train(lookup.LookupConfig(steps=1, batch=4, questions=2, eval_interval=1, pairs=0.5))
+    assert "colour+shape keys" in capsys.readouterr().out
+
+
+def test_accuracy_splits_by_kind_of_key():
+    """By hand: a model whose every prediction is token 5, on labels 5, 5, 7 with the last paired."""
+    class Fives(torch.nn.Module):
+        def forward(self, embeds):
+            logits = torch.zeros(*embeds.shape[:2], lookup.VOCAB)
+            logits[..., 5] = 1.0
+            return logits, None
+    model = Fives()
+    model.model = SimpleNamespace(embed_tokens=torch.nn.Embedding(lookup.VOCAB, 2))
+    x = torch.ones(1, 4, 4, dtype=torch.long)
+    y = torch.tensor([[5, lookup.IGNORE, 5, 7]])
+    paired = torch.tensor([[False, False, False, True]])
+    assert lookup.accuracy(model, x, y, paired) == (pytest.approx(200 / 3), 100.0, 0.0)
+    assert lookup.accuracy(model, x, y, torch.zeros_like(paired))[2] is None
 
 
 def test_empty_cells_need_one_position_per_object():

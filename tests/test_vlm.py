@@ -73,6 +73,20 @@ def test_vicuna_single_and_multi_turn_by_hand():
     assert render(ids1) == f"<s>{SYSTEM} USER: <image>\nWhat colour is the star? ASSISTANT: red</s>"
 
 
+def test_questions_get_labels_when_asked_by_hand():
+    turns = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"},
+             {"from": "human", "value": "Size?"}, {"from": "gpt", "value": "small"}, {"from": "human", "value": "And?"}]
+    ids, labels = data.build_sample(turns, CharTokenizer(), "vicuna_v1", questions=True)
+    plain, plain_labels = data.build_sample(turns, CharTokenizer(), "vicuna_v1")
+    assert ids == plain                                                  # the same tokens, more labels
+    # the system prompt, the image and the last question (no answer follows: a generation prompt) have none
+    assert supervised(ids, labels) == ("USER: |\nWhat colour? ASSISTANT: red</s>USER: Size? ASSISTANT: small</s>")
+    assert supervised(plain, plain_labels) == " red</s>" + "|" * len("USER: Size? ASSISTANT:") + " small</s>"
+    with pytest.raises(data.SampleError, match="cannot reproduce the question"):
+        data.build_sample([{"from": "human", "value": "Colour of the café?"}, {"from": "gpt", "value": "red"}],
+                          CharTokenizer(), "vicuna_v1", questions=True)
+
+
 def test_text_only_and_generation_prompt():
     turns = [{"from": "human", "value": "Is a star a shape?"}, {"from": "gpt", "value": "yes"}]
     ids, labels = data.build_sample(turns, CharTokenizer(), "vicuna_v1")
