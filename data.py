@@ -272,9 +272,10 @@ class TokenLoader:
 #   plain      <s><image>{caption}\n                       (stage 1; the instruction is dropped)
 #   vicuna_v1  <s>{system} USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>
 # Only the caption and newline (plain) or the answers and their </s> (vicuna_v1) have labels;
-# everything else is IGNORE_INDEX. With questions=True (the shapes world's stage 2, not LLaVA's)
-# the user's turns that an answer follows have labels too: "USER: <image>\n{q1} ASSISTANT:". "<image>" becomes one IMAGE_TOKEN_INDEX placeholder id that
-# the model replaces by the projected visual tokens.
+# everything else is IGNORE_INDEX. With questions=True (train_vlm.py --loss_on_questions, not
+# LLaVA's) the user's turns that an answer follows have labels too: "USER: <image>\n{q1} ASSISTANT:".
+# "<image>" becomes one IMAGE_TOKEN_INDEX placeholder id that the model replaces by the
+# projected visual tokens.
 #
 # Each piece of the template is tokenized on its own and the pieces are concatenated, so the
 # labels line up with the answers by construction (LLaVA tokenizes the whole text and then
