@@ -79,8 +79,9 @@ class VLMConfig:
                                     # the processes (FSDP2) instead of a full copy in each (DDP)
     loss_on_questions: bool = False # stage 2: the loss on the user's turns too, not only on the answers
                                     # (LLaVA's). Predicting what a question names needs the image: with
-                                    # oracle features 750 steps reach 73.7% instead of 49.6%, but 250 steps
-                                    # fall behind (README, "The reading ladder")
+                                    # oracle features and single-question samples 750 steps of 96 reach
+                                    # 73.7% instead of 49.6%; shorter runs and the default chats do not
+                                    # gain (README, "The reading ladder")
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     grad_clip: float = 1.0
