@@ -23,7 +23,7 @@ import time
 import torch
 
 import train_vlm
-from common import UserError, checked, read_json, run_main
+from common import UserError, checked, pyplot, read_json, run_main
 from eval_vlm import run
 from model import config_from_hf
 from scorers import load_json, rounded, score
@@ -98,12 +98,8 @@ def write_ablation(rows, out_dir, swept):
     print("\n" + table)
     with open(os.path.join(out_dir, "ablation.md"), "w") as f:
         f.write(table)
-    try:  # optional: without matplotlib there is the table alone
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install matplotlib): no ablation.png")
+    plt = pyplot(without="no ablation.png")  # without matplotlib there is the table alone
+    if plt is None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     projectors = list(dict.fromkeys(r["projector"] for r in rows))

@@ -380,6 +380,19 @@ def read_json(path, kind=dict, what="a Hugging Face model directory with config.
     return content
 
 
+def pyplot(without):
+    """matplotlib.pyplot on a file backend, or None (saying `without` what is not drawn) when
+    matplotlib is not installed: the pictures are optional, the numbers are printed anyway."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed (pip install matplotlib): {without}")
+        return None
+    return plt
+
+
 def not_utf8(path, e):
     """The message for a UnicodeDecodeError `e` reading the text file `path`."""
     return (f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); convert it to "

@@ -46,7 +46,7 @@ from unittest import mock
 import torch
 
 import model as lm_code
-from common import checked, run_main, run_moved
+from common import checked, pyplot, run_main, run_moved
 from data import IMAGE_TOKEN_INDEX, build_sample
 from scorers import (CHOICE, SCORERS, SHAPES, ScoreError, find, gqa_right, load_json, load_jsonl, read_answers,
                      rounded, score)
@@ -230,12 +230,20 @@ def probe(model, tok, picked, batch_size=32):
 
 
 def learning_curves(metrics_path):
-    """From a run's metrics.jsonl: stage 2's loss {step: loss} and probes {type: {step: %}}. Where
-    the steps go back (a fresh run in the same folder, a resume from an earlier checkpoint), the
-    rows from there on replace the earlier ones."""
-    loss, probes, last = {}, defaultdict(dict), 0
-    for row in load_jsonl(metrics_path):
-        if row.get("stage") != 2 or "step" not in row:
+    """From a run's metrics.jsonl: stage 2's loss {step: loss}, probes {type: {step: %}} and the
+    count of lines that are not JSON (left out: a line cut short by a kill must not cost the
+    run its evaluation). Where the steps go back (a fresh run in the same folder, a resume from
+    an earlier checkpoint), the rows from there on replace the earlier ones."""
+    loss, probes, last, unreadable = {}, defaultdict(dict), 0, 0
+    with open(metrics_path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            unreadable += 1
+            continue
+        if not isinstance(row, dict) or row.get("stage") != 2 or "step" not in row:
             continue
         step = row["step"]
         if step < last:
@@ -246,7 +254,7 @@ def learning_curves(metrics_path):
             loss[step] = row["loss"]
         for kind, acc in row.get("probe", {}).items():
             probes[kind][step] = acc
-    return loss, dict(probes)
+    return loss, dict(probes), unreadable
 
 
 @contextmanager
@@ -296,14 +304,13 @@ def save_pictures(model, tok, world, metrics_path, out_dir):
     attention.png: the first held-out question's image and, per layer, how much the answer
     attended to each visual token (the token grid, when the count is a square). Returns the
     paths written (none without matplotlib)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install matplotlib): no learning.png or attention.png")
+    plt = pyplot(without="no learning.png or attention.png")
+    if plt is None:
         return []
-    loss, probes = learning_curves(metrics_path)
+    loss, probes, unreadable = learning_curves(metrics_path)
+    if unreadable:
+        print(f"learning.png: {unreadable} line(s) of {metrics_path} were not JSON (a write cut short?) and "
+              f"were left out")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot(list(loss), list(loss.values()))
     left.set(xlabel="stage-2 step", ylabel="training loss", title="loss")

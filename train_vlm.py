@@ -133,6 +133,11 @@ def paths(cfg):
     return p
 
 
+def held_out_sets(cfg):
+    """Whether --data is a shapes world with its held-out sets (what the probe and the report read)."""
+    return os.path.isfile(os.path.join(cfg.data, "manifest.json")) and os.path.isdir(os.path.join(cfg.data, "eval"))
+
+
 def build_model(cfg, device):
     """A new VLM from the pretrained LM and tower and a fresh projector."""
     tower = OracleTower(cfg.data) if cfg.oracle else CLIPVisionTower.from_hf(cfg.vision)
@@ -213,7 +218,7 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
               f"lr {s.lr}, {trainable / 1e6:.2f}M trainable parameters, {model.mm_projector.tokens} visual tokens")
     metrics = open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") if master else None
     # the probe runs in the first process alone (greedy decoding), so not on FSDP's shards
-    probing = stage == 2 and cfg.probe and master and not fsdp and os.path.isfile(os.path.join(cfg.data, "manifest.json"))
+    probing = stage == 2 and cfg.probe and master and not fsdp and held_out_sets(cfg)
     probe_set = eval_vlm.probe_questions(cfg.data) if probing else None
     skipped, cut, seen, batches = [], [], 0, iter(loader)
     t0, t_last = time.time(), time.time()
@@ -420,11 +425,11 @@ def main(cfg, stop_at=None):
             print(f"stage {stage} done; model saved to {out}")
     if dist.is_initialized():
         dist.destroy_process_group()
-    if master and 2 in stages and cfg.probe and os.path.isfile(os.path.join(cfg.data, "manifest.json")):
+    if master and 2 in stages and cfg.probe and held_out_sets(cfg):
         for picture in eval_vlm.save_pictures(model.eval(), tok, cfg.data, os.path.join(cfg.out_dir, "metrics.jsonl"),
                                               cfg.out_dir):
             print(f"drew {picture}")
-    if master and 2 in stages and cfg.evaluate and os.path.exists(os.path.join(cfg.data, "eval")):
+    if master and 2 in stages and cfg.evaluate and held_out_sets(cfg):
         eval_vlm.shapes_report(final_dir, cfg.data, os.path.join(cfg.out_dir, "eval"),
                                loaded=(model.eval(), tok, True) if cfg.oracle else None)
     return model

@@ -515,9 +515,9 @@ def test_learning_curves_keep_the_latest_run(tmp_path):
     rows += [{"stage": 2, "step": 2, "probe": {"colour": 7.0}}]
     rows += [{"stage": 2, "image_use": {"own": 1.0}}]
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    loss, probes = eval_vlm.learning_curves(str(path))
-    assert loss == {1: 11.0, 2: 12.0} and probes == {"colour": {2: 7.0}}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"stage": 2, "st')  # a write cut short
+    loss, probes, unreadable = eval_vlm.learning_curves(str(path))
+    assert loss == {1: 11.0, 2: 12.0} and probes == {"colour": {2: 7.0}} and unreadable == 1
 
 
 def test_training_probes_and_draws_the_pictures(world):
