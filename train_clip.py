@@ -117,7 +117,8 @@ def probe_cells(tower, root, n_train=4000, steps=600, seed=0):
     """What a frozen tower's features hold about each object of a scene: a small MLP probe
     reads the object's colour, shape and size from the patches over its cell, trained on
     objects of `n_train` training scenes and scored on the held-out test scenes. A VLM cannot
-    answer about what these features do not hold. Returns {attribute: accuracy}."""
+    answer about what these features do not hold. Returns {attribute: accuracy}, with shape
+    also split by the object's size."""
     attributes = {"colour": list(shapes.COLOURS), "shape": shapes.SHAPES, "size": shapes.SIZES}
     proc = ImageProcessor(tower.config.image_size)
 
@@ -148,7 +149,11 @@ def probe_cells(tower, root, n_train=4000, steps=600, seed=0):
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            accuracy[a] = (probe(x_test).argmax(1) == y_test[a]).float().mean().item()
+            right = probe(x_test).argmax(1) == y_test[a]
+        accuracy[a] = right.float().mean().item()
+        if a == "shape":  # small objects span about 2x2 patches: their shape is the hardest to see
+            for k, size in enumerate(shapes.SIZES):
+                accuracy[f"shape of {size} objects"] = right[y_test["size"] == k].float().mean().item()
     return accuracy
 
 

@@ -3,6 +3,7 @@ probe of what a tower's features hold reads colour from patch means and nothing 
 Run: python -m pytest -q tests/test_train_clip.py
 """
 
+import json
 import math
 import os
 from types import SimpleNamespace
@@ -64,3 +65,9 @@ def test_probe_reads_what_the_features_hold(tmp_path):
     noise = train_clip.probe_cells(PatchMeanTower(noise=True), world, steps=300)
     assert colour_tower["colour"] > 0.9                 # six distinct colours: the patch means tell them apart
     assert noise["colour"] < 0.45 and noise["shape"] < 0.45   # chance: 1/6 and 1/5
+    # the shape accuracy split by size: the overall one is their mean weighted by the objects of each size
+    with open(f"{world}/scenes_test.jsonl") as f:
+        sizes = [o["size"] for line in f for o in json.loads(line)["objects"]]
+    split = {s: colour_tower[f"shape of {s} objects"] for s in shapes.SIZES}
+    weighted = sum(split[s] * sizes.count(s) for s in shapes.SIZES) / len(sizes)
+    assert abs(weighted - colour_tower["shape"]) < 1e-6
