@@ -153,7 +153,9 @@ def probe_cells(tower, root, n_train=4000, steps=600, seed=0):
         accuracy[a] = right.float().mean().item()
         if a == "shape":  # small objects span about 2x2 patches: their shape is the hardest to see
             for k, size in enumerate(shapes.SIZES):
-                accuracy[f"shape of {size} objects"] = right[y_test["size"] == k].float().mean().item()
+                of_size = y_test["size"] == k
+                if of_size.any():  # a tiny test world may hold no object of one size
+                    accuracy[f"shape of {size} objects"] = right[of_size].float().mean().item()
     return accuracy
 
 
