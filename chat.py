@@ -18,14 +18,14 @@ import os
 import torch
 
 from common import InputNotFound, UserError, check_device, check_value, checked, run_main
-from data import IMAGE, build_sample
+from data import IMAGE, VICUNA_SYSTEM, build_sample
 from vision import ImageProcessor
 from vlm import load
 
 
 def stream_answer(model, tok, is_vlm, turns, pixels, args):
     """Generate the assistant's next answer, printing it as it comes; returns the text."""
-    prompt, _ = build_sample(turns, tok, "vicuna_v1")
+    prompt, _ = build_sample(turns, tok, "vicuna_v1", system=model.system if is_vlm else VICUNA_SYSTEM)
     lm = model.lm if is_vlm else model
     length = len(prompt) + (model.mm_projector.tokens - 1 if pixels is not None else 0)  # the image expands
     room = lm.config.max_seq_len - length

@@ -271,6 +271,8 @@ class TokenLoader:
 # templates (LLaVA's conv_llava_plain and conv_vicuna_v1):
 #   plain      <s><image>{caption}\n                       (stage 1; the instruction is dropped)
 #   vicuna_v1  <s>{system} USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>
+# {system} is Vicuna's system prompt by default; system="" leaves it out (with the space after
+# it): the tiny scale's stage 2 does, since 30 tokens of every sample slow its learning.
 # Only the caption and newline (plain) or the answers and their </s> (vicuna_v1) have labels;
 # everything else is IGNORE_INDEX. With questions=True (train_vlm.py --loss_on_questions, not
 # LLaVA's) the user's turns that an answer follows have labels too: "USER: <image>\n{q1} ASSISTANT:".
@@ -295,17 +297,18 @@ class SampleError(UserError):
     """A sample that cannot be turned into training data; the dataset skips and counts it."""
 
 
-def template_pieces(turns, template, questions=False):
+def template_pieces(turns, template, questions=False, system=VICUNA_SYSTEM):
     """(text, supervised, then_eos) pieces of one conversation. If the conversation ends with a
     human turn, the pieces end with the prompt for the answer (for generation). questions: the
-    user's turns are supervised too (vicuna_v1), except a last one that no answer follows."""
+    user's turns are supervised too (vicuna_v1), except a last one that no answer follows.
+    system: vicuna_v1's system prompt ("" for none)."""
     if template == "plain":
         # LLaVA's plain template keeps only the image and the caption
         pieces = [(IMAGE, False, False)] if IMAGE in turns[0]["value"] else []
         return pieces + ([(turns[1]["value"] + "\n", True, False)] if len(turns) > 1 else [])
     if template != "vicuna_v1":
         raise UserError(f"unknown template {template!r}; expected one of {CHAT_TEMPLATES}")
-    pieces = [(VICUNA_SYSTEM + " ", False, False)]
+    pieces = [(system + " ", False, False)] if system else []
     for i in range(0, len(turns), 2):
         question = turns[i]["value"]
         if i == 0 and IMAGE in question:  # LLaVA puts the image first: "<image>\n{question}"
@@ -316,12 +319,12 @@ def template_pieces(turns, template, questions=False):
     return pieces
 
 
-def build_sample(turns, tok, template, sample_id="?", questions=False):
+def build_sample(turns, tok, template, sample_id="?", questions=False, system=VICUNA_SYSTEM):
     """The one function that builds (input_ids, labels) lists for both templates.
     input_ids holds IMAGE_TOKEN_INDEX where the image goes; labels are IGNORE_INDEX except on
     what the model must learn to say. Raises SampleError naming the sample if it cannot."""
     ids, labels = [tok.bos_id], [IGNORE_INDEX]
-    for text, supervised, then_eos in template_pieces(turns, template, questions):
+    for text, supervised, then_eos in template_pieces(turns, template, questions, system):
         for k, chunk in enumerate(text.split(IMAGE)):
             if k > 0:
                 ids.append(IMAGE_TOKEN_INDEX)
@@ -391,10 +394,10 @@ class LLaVADataset(torch.utils.data.Dataset):
     remain. The plain template (stage 1) skips text-only samples: they never reach the projector."""
 
     def __init__(self, json_path, image_folder, tok, template, image_processor, n_image_tokens, max_len,
-                 questions=False):
+                 questions=False, system=VICUNA_SYSTEM):
         self.samples = load_llava_json(json_path)
         self.path, self.image_folder, self.tok, self.template = json_path, image_folder, tok, template
-        self.questions = questions  # build_sample's: labels on the user's turns too
+        self.questions, self.system = questions, system  # build_sample's: labels on the user's turns too, system prompt
         self.image_processor, self.n_image_tokens, self.max_len = image_processor, n_image_tokens, max_len
 
     def __len__(self):
@@ -428,7 +431,7 @@ class LLaVADataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         sample, sid = self.samples[i], self.sample_id(i)
         try:
-            ids, labels = build_sample(self.check(i), self.tok, self.template, sid, self.questions)
+            ids, labels = build_sample(self.check(i), self.tok, self.template, sid, self.questions, self.system)
             n = len(ids)
             ids, labels = self.truncate(ids, labels, sid)
             pixels = None

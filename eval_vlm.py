@@ -47,7 +47,7 @@ import torch
 
 import model as lm_code
 from common import checked, pyplot, run_main, run_moved
-from data import IMAGE_TOKEN_INDEX, build_sample
+from data import IMAGE_TOKEN_INDEX, VICUNA_SYSTEM, build_sample
 from scorers import (CHOICE, SCORERS, SHAPES, ScoreError, find, gqa_right, load_json, load_jsonl, read_answers,
                      rounded, score)
 from vision import ImageProcessor
@@ -128,10 +128,11 @@ def run(bench, ckpt, data_dir, out, batch_size=32, max_new_tokens=32, image_fold
     print()
 
 
-def prompt_ids(tok, question, suffix=""):
-    """The Vicuna v1 prompt of one question (a read_questions row), up to "ASSISTANT:"."""
+def prompt_ids(tok, question, suffix="", system=VICUNA_SYSTEM):
+    """The Vicuna v1 prompt of one question (a read_questions row), up to "ASSISTANT:", after the
+    system prompt the model was trained with (XmodelVLM.system)."""
     turn = {"from": "human", "value": ("<image>\n" if question["image"] else "") + question["text"] + suffix}
-    return build_sample([turn], tok, "vicuna_v1")[0]
+    return build_sample([turn], tok, "vicuna_v1", system=system)[0]
 
 
 def answer(model, tok, questions, suffix="", max_new_tokens=32):
@@ -140,7 +141,7 @@ def answer(model, tok, questions, suffix="", max_new_tokens=32):
     processor = ImageProcessor(model.vision_tower.config.image_size)
     images = [processor(q["image"]) for q in questions if q["image"]]
     pixels = torch.stack(images).to(device) if images else None
-    new = model.generate([prompt_ids(tok, q, suffix) for q in questions], pixels, max_new_tokens=max_new_tokens,
+    new = model.generate([prompt_ids(tok, q, suffix, model.system) for q in questions], pixels, max_new_tokens=max_new_tokens,
                          eos_id=tok.eos_id, pad_id=tok.pad_id)
     rows = [row[:row.index(tok.eos_id)] if tok.eos_id in row else row for row in new.tolist()]
     return [tok.decode(row).strip() for row in rows]
@@ -286,7 +287,7 @@ def attention_to_image(model, tok, question):
     prompt's last position (the one that predicts the answer's first token) on each visual
     token, averaged over the heads, one row per layer: (layers, visual tokens), and the reply."""
     device = model.lm.lm_head.weight.device
-    ids = prompt_ids(tok, question)
+    ids = prompt_ids(tok, question, system=model.system)
     pixels = ImageProcessor(model.vision_tower.config.image_size)(question["image"])[None].to(device)
     was_training = model.training
     model.eval()

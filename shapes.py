@@ -20,8 +20,8 @@ hexagon) never appear in any training image or text.
   corpus/val.txt              question-answer prose; one document per paragraph, blank line between
   pretrain.json             stage 1, LLaVA pretrain JSON: one caption per training image
                               [{"id", "image", "conversations": [human "<image>\\n...", gpt caption]}]
-  instruct.json             stage 2, LLaVA instruct JSON: 2-5 turns per image (colour, shape, size,
-                              count, existence, position, relations, description), prompted like
+  instruct.json             stage 2, LLaVA instruct JSON: 4 one-question samples per image (colour,
+                              shape, size, count, existence, position, relations), prompted like
                               LLaVA-1.5's data; plus text-only conversations (no "image" key)
   eval/images/              test_*.png and comp_*.png, the image folder of POPE and GQA
   eval/pope/                llava_pope_test.jsonl (question_id, image, text, category) and
@@ -354,13 +354,6 @@ def count_sentence(scene):
     return f"There {'is' if k == 1 else 'are'} {NUMBER_WORDS[k]} {count_noun(scene, k)}."
 
 
-def describe_long(scene, rng):
-    """A short description (stage-2 'describe' turns): the caption, a relation and a count."""
-    triples = relation_triples(scene["objects"])
-    relation = [relation_sentence(*rng.choice(triples), rng)] if triples else []
-    return " ".join([describe(scene, rng)] + relation + [count_sentence(scene)])
-
-
 # Facts about the world that need no picture: LM corpus sentences and text-only conversations.
 FACTS = ["A triangle has three corners.", "A square has four equal sides.", "A hexagon has six sides.",
          "A star has five points.", "A circle has no corners.", "Left is the opposite of right.",
@@ -445,19 +438,17 @@ def caption_conversation(scene, rng):
     return [{"from": "human", "value": "<image>\n" + prompt}, {"from": "gpt", "value": describe(scene, rng)}]
 
 
-def instruct_conversation(scene, rng, used):
-    """A stage-2 conversation of 2-5 turns about one image, in the mix of prompt styles of
-    LLaVA-1.5's data: short answers (the GQA/POPE suffix), yes/no (MME's suffix), lettered
-    multiple choice (ScienceQA's suffix), and a short description. used: see choose()."""
-    turns, mme = [], {"exist": "existence", "count": "count", "relation": "position", "colour": "color"}
-    kinds = available_types(scene) + ["describe"]
-    for qtype in rng.sample(kinds, min(len(kinds), rng.randint(2, 5))):
+def instruct_samples(scene, rng, used, n=4):
+    """Stage-2 samples about one image: n questions of different types, each its own one-turn
+    conversation, in the mix of prompt styles of LLaVA-1.5's data: short answers (the GQA/POPE
+    suffix), yes/no (MME's suffix) and lettered multiple choice (ScienceQA's suffix). One question
+    a sample, not LLaVA's multi-turn chats: the tiny LM learns to look things up from many short
+    samples far sooner than from fewer long ones (README, "The reading ladder"). used: see choose()."""
+    samples, mme = [], {"exist": "existence", "count": "count", "relation": "position", "colour": "color"}
+    kinds = available_types(scene)
+    for qtype in rng.sample(kinds, min(n, len(kinds))):
         style = rng.random()
-        if qtype == "describe":
-            q = rng.choice(["Describe the image briefly.", "What do you see in this picture?",
-                            "Give a short description of the image."])
-            a = describe_long(scene, rng)
-        elif style < 0.15 and qtype in mme:
+        if style < 0.15 and qtype in mme:
             true, false = verify_pair(scene, mme[qtype], rng)
             a, q = choose(rng, [("yes", true), ("no", false)], used, "yesno")
             q += YESNO
@@ -468,9 +459,8 @@ def instruct_conversation(scene, rng, used):
         else:
             q, a = ask(scene, qtype, rng, used)
             q += SHORT
-        turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-    turns[0]["value"] = "<image>\n" + turns[0]["value"]
-    return turns
+        samples.append([{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}])
+    return samples
 
 
 # ----- benchmarks, each in its real counterpart's file format -------------------
@@ -691,9 +681,9 @@ def generate_shapes_world(out_dir, size=64, n_train=20000, n_test=500, n_comp=30
                  "conversations": caption_conversation(s, scene_rng(seed, "caption", i))}
                 for i, s in enumerate(train)]
     used = Counter()
-    instruct = [{"id": s["id"], "image": image[s["id"]],
-                 "conversations": instruct_conversation(s, scene_rng(seed, "instruct", i), used)}
-                for i, s in enumerate(train)]
+    instruct = [{"id": f"{s['id']}_q{k}", "image": image[s["id"]], "conversations": turns}
+                for i, s in enumerate(train)
+                for k, turns in enumerate(instruct_samples(s, scene_rng(seed, "instruct", i), used))]
     instruct += [{"id": f"text_{i:06d}", "conversations": text_only_conversation(scene_rng(seed, "text", i))}
                  for i in range(max(1, n_train // 20))]
     scene_rng(seed, "instruct_order", 0).shuffle(instruct)  # mixed, like LLaVA's data

@@ -4,8 +4,12 @@ Pretrain a tiny CLIP on the shapes world: the VLM's frozen vision tower, without
     python train_clip.py             # tiny CLIP on the shapes world, CPU, under 4 minutes
     python train_clip.py --help      # every setting, with its default and meaning
 
-CLIP's contrastive objective on the shapes world's captions: vision.py's `tiny` ViT (64x64
-images, 8x8 patches) and a text tower made of Xmodel-LM's own blocks (model.Body). The loop:
+CLIP's contrastive objective on the shapes world's captions: vision.py's `tiny` ViT (the 64x64
+scenes at 96x96, 3x3 patches of 32 pixels: one per cell of the scenes' layout) and a text tower
+made of Xmodel-LM's own blocks (model.Body). Beside it, a per-object term (region_loss): the
+patch features over each object's cell, pooled, must pick out the object's own phrase ("large
+red star") among all the phrases. The captions alone can be told apart by colour and place, so
+CLIP alone learns shape slowly (probe shape 70.7%); with the per-object term 83.9%. The loop:
 AdamW with CLIP's betas, linear warmup then cosine decay, gradient clipping, CLIP's cap on the
 logit scale, held-out image -> caption retrieval every eval_interval steps, a checkpoint at the
 end. Then a probe of what the tower's features hold about each object (probe_cells). Output,
@@ -88,6 +92,10 @@ class TinyCLIP(nn.Module):
         nn.init.normal_(self.visual_projection.weight, std=vision_config.hidden_size ** -0.5)
         nn.init.normal_(self.text_projection.weight, std=text_config.n_embd ** -0.5)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        # the per-object term's own projection and temperature (region_loss)
+        self.region_projection = nn.Linear(vision_config.hidden_size, embed_dim, bias=False)
+        nn.init.normal_(self.region_projection.weight, std=vision_config.hidden_size ** -0.5)
+        self.region_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def embed_images(self, pixels):
         return F.normalize(self.visual_projection(self.vision.image_embedding(pixels)), dim=-1)
@@ -101,6 +109,29 @@ class TinyCLIP(nn.Module):
         logits = self.logit_scale.exp() * img @ txt.T                         # (B, B) scaled cosines
         labels = torch.arange(len(logits))
         return logits, (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    def region_loss(self, pixels, objects, pool, phrase_ids, phrase_lengths):
+        """The per-object term: each object's cell, read from the patch features the VLM gets
+        (the tower's select_layer), mean-pooled over the cell's patches (`pool`, (9, patches)),
+        must match its own phrase among all the phrases (cross-entropy over them). objects:
+        (image index in the batch, cell, phrase index), one row per object. -> (loss, accuracy)."""
+        features = self.vision(pixels)                                        # (B, patches, C)
+        image, cell, phrase = objects.unbind(1)
+        region = torch.einsum("np,npc->nc", pool[cell], features[image])     # (objects, C)
+        region = F.normalize(self.region_projection(region), dim=-1)
+        logits = self.region_scale.exp() * region @ self.embed_texts(phrase_ids, phrase_lengths).T
+        return F.cross_entropy(logits, phrase), (logits.argmax(1) == phrase).float().mean().item()
+
+
+def cell_pool(vcfg):
+    """(9, patches): row k averages the patches whose centres lie in cell k of the 3x3 layout."""
+    grid = vcfg.image_size // vcfg.patch_size
+    cell = [int((j + 0.5) * 3 / grid) for j in range(grid)]  # the cell row (or column) of patch row j
+    pool = torch.zeros(9, grid * grid)
+    for r in range(grid):
+        for c in range(grid):
+            pool[3 * cell[r] + cell[c], r * grid + c] = 1.0
+    return pool / pool.sum(1, keepdim=True)
 
 
 def cell_windows(features, grid):
@@ -119,7 +150,7 @@ def probe_cells(tower, root, n_train=4000, steps=600, seed=0):
     objects of `n_train` training scenes and scored on the held-out test scenes. A VLM cannot
     answer about what these features do not hold. Returns {attribute: accuracy}, with shape
     also split by the object's size."""
-    attributes = {"colour": list(shapes.COLOURS), "shape": shapes.SHAPES, "size": shapes.SIZES}
+    attributes = {"colour": list(shapes.COLOURS), "shape": shapes.SHAPES, "size": shapes.SIZES, "cell": shapes.CELLS}
     proc = ImageProcessor(tower.config.image_size)
 
     def objects(split, n):
@@ -169,6 +200,7 @@ class CLIPTrainConfig:
     text_layers: int = 2            # the text tower: Xmodel-LM blocks...
     text_width: int = 128           # ...of this width (head dim 32, SwiGLU 4x)
     embed_dim: int = 128            # the shared image-text embedding space
+    region_weight: float = 1.0      # weight of the per-object term (TinyCLIP.region_loss) beside CLIP's; 0 = CLIP alone
     # --- optimisation (AdamW, warmup + cosine, as train_lm.py) ---
     batch_size: int = 64            # pairs per step; each image's negatives are the other 63 captions
     max_steps: int = 400            # 1.3 epochs of the 20000 pairs
@@ -191,25 +223,46 @@ class CLIPTrainConfig:
 
     CHECKS = dict(                  # the values each setting allows; parse_config refuses others at once
         max_pairs="x >= 0", preset=VisionConfig.preset, text_layers="x >= 1", text_width="x >= 64 and x % 64 == 0",
-        embed_dim="x >= 1", batch_size="x >= 2", max_steps="x >= 1", lr="x > 0", min_lr="x >= 0",
+        embed_dim="x >= 1", region_weight="x >= 0", batch_size="x >= 2", max_steps="x >= 1", lr="x > 0", min_lr="x >= 0",
         warmup_steps="x >= 0", weight_decay="x >= 0", beta1="0 <= x < 1", beta2="0 <= x < 1", eps="x > 0",
         grad_clip="x > 0", eval_group="x >= 2", eval_groups="x >= 1", eval_interval="x >= 1", log_interval="x >= 1",
         seed="x >= 0", out_dir="x != ''")
 
 
 def load_pairs(root, proc, limit=0):
-    """Training pairs of the LLaVA pretrain JSON: uint8 images (N, 3, S, S) and captions."""
+    """Training pairs of the LLaVA pretrain JSON: uint8 images (N, 3, S, S), captions, image paths."""
     path = os.path.join(root, "pretrain.json")
     samples = load_llava_json(path)
     samples = samples[:limit] if limit else samples
-    images, captions = [], []
+    images, captions, paths = [], [], []
     for i, s in enumerate(samples):
         turns = check_turns(s, f"{path}: sample {i}")  # the LLaVA structure, or a SampleError saying what is wrong
         if "image" not in s:
             raise UserError(f"{path}: sample {i} (id {s['id']}) has no 'image': CLIP trains on image-caption pairs")
         captions.append(turns[1]["value"])
         images.append(proc.to_uint8(os.path.join(root, "images", s["image"])))
-    return torch.stack(images), captions
+        paths.append(s["image"])
+    return torch.stack(images), captions, paths
+
+
+def load_objects(root, samples_images):
+    """For the per-object term: each training image's objects as (cell, phrase) pairs, from the
+    shapes world's ground truth (scenes_train.jsonl, matched by image path), and the phrases."""
+    path = os.path.join(root, "scenes_train.jsonl")
+    if not os.path.isfile(path):
+        raise InputNotFound(f"{path} not found: the per-object term reads each image's objects from the shapes "
+                            f"world's ground truth; use --region_weight=0 for captions alone")
+    with open(path, encoding="utf-8") as f:
+        scenes = {s["image"]: s for s in map(json.loads, f)}
+    phrase = lambda o: f"{o['size']} {o['colour']} {o['shape']}"
+    rows = []
+    for image in samples_images:
+        if "images/" + image not in scenes:
+            raise UserError(f"{path} has no scene for image {image!r} of {root}/pretrain.json: they are not the "
+                            f"same shapes world; regenerate it (python shapes.py) or use --region_weight=0")
+        rows.append([(3 * o["row"] + o["col"], phrase(o)) for o in scenes["images/" + image]["objects"]])
+    phrases = sorted({p for r in rows for _, p in r})
+    return [[(cell, phrases.index(p)) for cell, p in r] for r in rows], phrases
 
 
 def load_test_pairs(root, proc):
@@ -256,10 +309,14 @@ def train(cfg):
         shapes.generate_shapes_world(cfg.data)
     vcfg = VisionConfig.preset(cfg.preset)
     proc = ImageProcessor(vcfg.image_size)      # the same preprocessing as the real tower's
-    images, captions = load_pairs(cfg.data, proc, cfg.max_pairs)
+    images, captions, image_paths = load_pairs(cfg.data, proc, cfg.max_pairs)
     test_images, test_captions, test_keys = load_test_pairs(cfg.data, proc)
     tok = WordTokenizer(captions)
     ids, lengths = tok.encode(captions)
+    if cfg.region_weight:
+        objects, phrases = load_objects(cfg.data, image_paths)
+        phrase_ids, phrase_lengths = tok.encode(phrases)
+        pool = cell_pool(vcfg)
     test_pixels = proc.normalize(test_images)
     test_ids, test_lengths = tok.encode(test_captions)
     tcfg = LMConfig(vocab_size=len(tok.itos), n_layer=cfg.text_layers, n_head=cfg.text_width // 32,
@@ -284,20 +341,27 @@ def train(cfg):
             order, first = torch.randperm(len(captions)), 0
         b = order[first:first + cfg.batch_size]
         T = int(lengths[b].max())
-        logits, loss = model(proc.normalize(images[b]), ids[b, :T], lengths[b])
+        pixels = proc.normalize(images[b])
+        logits, loss = model(pixels, ids[b, :T], lengths[b])
+        if cfg.region_weight:
+            rows = torch.tensor([(k, cell, p) for k, i in enumerate(b.tolist()) for cell, p in objects[i]])
+            region, region_acc = model.region_loss(pixels, rows, pool, phrase_ids, phrase_lengths)
+            loss = loss + cfg.region_weight * region
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():  # CLIP caps the logit scale (1/temperature) at 100
             model.logit_scale.clamp_(0, math.log(100))
+            model.region_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
         done = step + 1
         if done % cfg.log_interval == 0 or done == cfg.max_steps:
             rate = done / (time.time() - t_start)
             acc = (logits.argmax(1) == torch.arange(len(b))).float().mean().item()
+            per_object = f" | objects: loss {region.item():.3f}, acc {region_acc:.0%}" if cfg.region_weight else ""
             print(f"step {done}/{cfg.max_steps} | loss {loss.item():.4f} | batch acc {acc:.0%} "
-                  f"(of {len(b)}) | scale {model.logit_scale.exp().item():.1f} | lr {lr:.2e} | "
+                  f"(of {len(b)}){per_object} | scale {model.logit_scale.exp().item():.1f} | lr {lr:.2e} | "
                   f"{rate:.2f} steps/s | ETA {format_time((cfg.max_steps - done) / rate)}", flush=True)
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
             top1 = retrieval_accuracy(model, test_pixels, test_ids, test_lengths, test_keys,

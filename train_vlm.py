@@ -77,11 +77,14 @@ class VLMConfig:
     checkpointing: bool = False     # activation checkpointing of the LM's blocks (less memory, one more forward)
     fsdp: bool = False              # stage 2 under torchrun: shard weights, gradients and AdamW state over
                                     # the processes (FSDP2) instead of a full copy in each (DDP)
-    loss_on_questions: bool = False # stage 2: the loss on the user's turns too, not only on the answers
-                                    # (LLaVA's). Predicting what a question names needs the image: with
-                                    # oracle features and single-question samples 750 steps of 96 reach
-                                    # 73.7% instead of 49.6%; shorter runs and the default chats do not
-                                    # gain (README, "The reading ladder")
+    loss_on_questions: bool = True  # stage 2: the loss on the user's turns too, not only on the answers
+                                    # (LLaVA's: off, as in the paper preset). Predicting what a question
+                                    # names needs the image: with oracle features and single-question
+                                    # samples 750 steps of 96 reach 73.7% instead of 49.6% (README,
+                                    # "The reading ladder")
+    system_prompt: bool = False     # stage 2: Vicuna's system prompt before each chat (LLaVA's; the paper
+                                    # preset). Here it would be 30 of a sample's ~50 tokens: 59.4% instead
+                                    # of 73.7% in the same oracle run. Saved with the model (XmodelVLM.system)
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -115,7 +118,8 @@ class VLMConfig:
 VLM_PRESETS = {
     # the paper's recipe at full scale (Xmodel-LM 1.1B + CLIP ViT-L/14-336)
     "paper": dict(lr1=1e-3, batch1=64, steps1=0, lr2=4e-5, batch2=32, steps2=0, micro_batch=8, max_len=2048,
-                  log_interval=10, ckpt_interval=500, workers=8, evaluate=False),
+                  loss_on_questions=False, system_prompt=True, log_interval=10, ckpt_interval=500, workers=8,
+                  evaluate=False),
 }
 
 
@@ -188,6 +192,7 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     model.lm.checkpointing = cfg.checkpointing
     model.mm_projector.requires_grad_(True)
     json_path, template = (files.pretrain, "plain") if stage == 1 else (files.instruct, "vicuna_v1")
+    model.system = data.VICUNA_SYSTEM if cfg.system_prompt else ""  # saved with the model: chat and eval use it
     processor = ImageProcessor(model.vision_tower.config.image_size)
     if model.mm_projector.tokens + 2 > cfg.max_len:  # <s>, the visual tokens, at least one answer token
         raise UserError(f"--max_len={cfg.max_len} leaves no room for text: an image alone is "
@@ -197,7 +202,8 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
                         f"max_position_embeddings in its config.json); use --max_len={model.lm.config.max_seq_len} "
                         f"or less")
     dataset = data.LLaVADataset(json_path, files.images, tok, template, processor,
-                                model.mm_projector.tokens, cfg.max_len, questions=cfg.loss_on_questions)
+                                model.mm_projector.tokens, cfg.max_len, questions=cfg.loss_on_questions,
+                                system=model.system)
     check_data(dataset, stage, master)
     s = stage_settings(cfg, stage, len(dataset), world)
     order = sample_order(len(dataset), s.max_steps * s.batch, [cfg.seed, stage])

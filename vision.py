@@ -62,8 +62,10 @@ class VisionConfig:
         presets = {
             # openai/clip-vit-large-patch14-336's vision model: 303,507,456 parameters
             "clip-vit-l-14-336": dict(),
-            # ~0.8M parameters: the shapes world's 64x64 scenes as 8x8 = 64 patches
-            "tiny": dict(image_size=64, patch_size=8, hidden_size=128, intermediate_size=512,
+            # ~1.2M parameters: the shapes world's 64x64 scenes, resized to 96x96, as 3x3 patches of
+            # 32 pixels, one per cell of the scenes' layout, so a visual token is an object or an empty
+            # cell (on 8x8 patches, 16 XDP tokens cut across the cells: README, "The reading ladder")
+            "tiny": dict(image_size=96, patch_size=32, hidden_size=128, intermediate_size=512,
                          num_hidden_layers=4, num_attention_heads=4),
         }
         if name not in presets:
@@ -174,7 +176,10 @@ class CLIPVisionTower(nn.Module):
         if isinstance(m, Embeddings):
             nn.init.normal_(m.class_embedding, std=d ** -0.5)
             nn.init.normal_(m.patch_embedding.weight, std=0.02)
-            nn.init.normal_(m.position_embedding.weight, std=0.02)
+            # as large as a patch's content at init (HF's 0.02 would be 55x smaller than that on 32x32x3
+            # pixels): the tiny tower's patch features then keep where they are (probe: cell 14% -> 100%)
+            patch_scale = 0.02 * (3 * self.config.patch_size ** 2) ** 0.5
+            nn.init.normal_(m.position_embedding.weight, std=patch_scale)
         elif isinstance(m, SelfAttention):
             for p in (m.q_proj, m.k_proj, m.v_proj):
                 nn.init.normal_(p.weight, std=d ** -0.5 * (2 * L) ** -0.5)

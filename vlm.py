@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from common import UserError, load_checked, load_hf_state_dict, read_json, save_hf_dir
-from data import IMAGE_TOKEN_INDEX
+from data import IMAGE_TOKEN_INDEX, VICUNA_SYSTEM
 from model import IGNORE_INDEX, XmodelLM, config_from_hf, config_to_hf
 from tokenizer import find_tokenizer, load_tokenizer
 from vision import CLIPVisionTower
@@ -32,13 +32,16 @@ class XmodelVLM(nn.Module):
 
     vision_tower: vision.CLIPVisionTower (frozen: no gradients, always in eval mode)
     projector:    any xdp.build_projector module, (N, patches, vision width) -> (N, tokens, C)
-    lm:           XmodelLM"""
+    lm:           XmodelLM
+    system:       the system prompt its chats start with (data.build_sample's; "" for none): Vicuna's
+                  for the paper's recipe, none for the tiny scale's. Saved in config.json."""
 
-    def __init__(self, vision_tower, projector, lm):
+    def __init__(self, vision_tower, projector, lm, system=VICUNA_SYSTEM):
         super().__init__()
         self.vision_tower = vision_tower.requires_grad_(False).eval()
         self.mm_projector = projector
         self.lm = lm
+        self.system = system
 
     def train(self, mode=True):
         super().train(mode)
@@ -132,7 +135,7 @@ class XmodelVLM(nn.Module):
                   "model_type": "xmodelvlm", "mm_projector_type": ptype, "mm_image_tokens": n_tokens,
                   "mm_hidden_size": self.vision_tower.hidden_size,
                   "mm_vision_select_layer": self.vision_tower.select_layer,
-                  "mm_vision_tower": "vision", "image_aspect_ratio": "pad"}
+                  "mm_vision_tower": "vision", "image_aspect_ratio": "pad", "system_prompt": self.system}
         save_hf_dir(path, state, config)
 
     @classmethod
@@ -158,7 +161,8 @@ class XmodelVLM(nn.Module):
             lm = XmodelLM(lm_config)
         load_checked(lm, lm_state, source=path)
         load_checked(projector, proj_state, source=f"{path} ({prefix}*)")
-        return cls(tower, projector, lm).to(device=device, dtype=dtype)
+        # not a LLaVA key: a release without it was trained with Vicuna's system prompt
+        return cls(tower, projector, lm, cfg.get("system_prompt", VICUNA_SYSTEM)).to(device=device, dtype=dtype)
 
 
 def projector_from_config(ptype, tokens, num_patches):

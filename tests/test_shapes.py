@@ -209,10 +209,12 @@ def test_every_training_answer_agrees_with_the_scene(world):
     for e in read_json(os.path.join(world, "pretrain.json")):
         assert caption_objects(e["conversations"][1]["value"]) == scene_objects(by_id[e["id"]]), e
     n_turns = 0
+    by_image = {s["image"]: s for s in scenes(world, "train")}
     for e in read_json(os.path.join(world, "instruct.json")):
         if "image" not in e:
             continue
-        s = by_id[e["id"]]
+        s = by_image["images/" + e["image"]]
+        assert len(e["conversations"]) == 2, e  # one question a sample
         for human, gpt in zip(e["conversations"][::2], e["conversations"][1::2]):
             q, a = human["value"], gpt["value"]
             if q.endswith(scorers.CHOICE):
@@ -393,7 +395,8 @@ def test_question_types_and_answers_are_balanced():
     vocab.update({letter: "letter" for letter in "ABCD"})
     instruct, used = defaultdict(list), Counter()
     for i, s in enumerate(scenes_):
-        for turn in shapes.instruct_conversation(s, shapes.scene_rng(0, "instruct", i), used)[1::2]:
+        for turns in shapes.instruct_samples(s, shapes.scene_rng(0, "instruct", i), used):
+            turn = turns[1]
             if turn["value"] in vocab:
                 instruct[vocab[turn["value"]]].append(turn["value"])
     assert_balanced(instruct, {**shapes.ANSWERS, "letter": list("ABCD")})

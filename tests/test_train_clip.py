@@ -23,15 +23,46 @@ def test_tiny_clip_trains_and_saves_a_loadable_tower(tmp_path):
                                  eval_interval=30, log_interval=10)
     model, losses, top1 = train_clip.train(cfg)
     assert len(losses) == 30 and 0.0 <= top1 <= 1.0
-    # chance is log(32) = 3.47; a collapsed model (all embeddings equal) stays exactly there
-    assert sum(losses[-5:]) / 5 < min(sum(losses[:5]) / 5, math.log(32)) - 0.3
+    # chance is log(32) for CLIP's term plus log(phrases) for the per-object one; a collapsed model
+    # (all embeddings equal) stays exactly there
+    images, captions, paths = train_clip.load_pairs(world, ImageProcessor(64))
+    objects, phrases = train_clip.load_objects(world, paths)
+    assert sum(losses[-5:]) / 5 < min(sum(losses[:5]) / 5, math.log(32) + math.log(len(phrases))) - 0.3
     tower = CLIPVisionTower.from_hf(cfg.out_dir)
-    x = ImageProcessor(64)(os.path.join(world, "eval/images/test_000000.png"))[None]
+    x = ImageProcessor(tower.config.image_size)(os.path.join(world, "eval/images/test_000000.png"))[None]
     model.eval()
     with torch.no_grad():
         assert (tower(x) - model.vision(x)).abs().max() < 1e-6
-        assert tower(x).shape == (1, 64, model.vision.hidden_size)
+        assert tower(x).shape == (1, 9, model.vision.hidden_size)  # 3x3 patches: one per cell
     assert os.path.exists(os.path.join(cfg.out_dir, "ckpt", "state.pt"))
+    # the per-object term's objects are the captions' objects: each phrase is in its image's caption
+    for caption, objs in zip(captions, objects):
+        assert objs and all(phrases[p] in caption for _, p in objs), (caption, objs)
+
+
+def test_per_object_term_pools_each_objects_cell_by_hand():
+    """region_loss against a loop written from the pixels: on an 8x8 grid of 8-pixel patches a
+    patch belongs to the cell (of side 64/3 pixels) that holds its centre."""
+    torch.manual_seed(0)
+    vcfg = train_clip.VisionConfig.preset("tiny", image_size=64, patch_size=8, hidden_size=32,
+                                          intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    tcfg = train_clip.LMConfig(vocab_size=20, n_layer=1, n_head=1, n_kv_head=1, n_embd=64, intermediate_size=64,
+                               max_seq_len=16)
+    model = train_clip.TinyCLIP(vcfg, tcfg, 16).eval()
+    pixels, phrase_ids, phrase_lengths = torch.randn(3, 3, 64, 64), torch.randint(3, 20, (5, 4)), torch.tensor([4, 3, 4, 2, 4])
+    objects = torch.tensor([[0, 0, 1], [0, 4, 3], [1, 8, 0], [2, 5, 4], [2, 1, 1]])  # (image, cell, phrase)
+    loss, _ = model.region_loss(pixels, objects, train_clip.cell_pool(vcfg), phrase_ids, phrase_lengths)
+    with torch.no_grad():
+        features, texts = model.vision(pixels), model.embed_texts(phrase_ids, phrase_lengths)
+        want = 0.0
+        for image, cell, phrase in objects.tolist():
+            mine = [r * 8 + c for r in range(8) for c in range(8)
+                    if 3 * int((r * 8 + 4) / (64 / 3)) + int((c * 8 + 4) / (64 / 3)) == cell]
+            assert len(mine) in (4, 6, 9)  # the cells are 3, 2 and 3 patches wide
+            region = F.normalize(model.region_projection(features[image, mine].mean(0)), dim=-1)
+            logits = model.region_scale.exp() * texts @ region
+            want += F.cross_entropy(logits[None], torch.tensor([phrase])).item() / len(objects)
+    assert abs(loss.item() - want) < 1e-5
 
 
 class PatchMeanTower(torch.nn.Module):

@@ -71,6 +71,9 @@ def test_vicuna_single_and_multi_turn_by_hand():
     assert supervised(ids, labels) == " red</s>" + "|" * len("USER: How many? ASSISTANT:") + " 2</s>"
     ids1, labels1 = data.build_sample(turns[:2], CharTokenizer(), "vicuna_v1")
     assert render(ids1) == f"<s>{SYSTEM} USER: <image>\nWhat colour is the star? ASSISTANT: red</s>"
+    ids2, labels2 = data.build_sample(turns[:2], CharTokenizer(), "vicuna_v1", system="")  # the tiny scale's
+    assert render(ids2) == "<s>USER: <image>\nWhat colour is the star? ASSISTANT: red</s>"
+    assert supervised(ids2, labels2) == " red</s>"
 
 
 def test_questions_get_labels_when_asked_by_hand():
@@ -214,6 +217,7 @@ def test_stage1_trains_only_the_projector_stage2_not_the_tower(world):
     tower0 = load_file(str(world / "clip" / "model.safetensors"))
     s1 = XmodelVLM.load(str(world / "stages" / "stage1"))
     s2 = XmodelVLM.load(str(world / "stages" / "model"))
+    assert s2.system == "" and VLMConfig().system_prompt is False  # the tiny scale's stage 2: no system prompt
     assert all(torch.equal(v, s1.lm.state_dict()[k]) for k, v in stage0.items())           # LM frozen in stage 1
     assert any(not torch.equal(v, s2.lm.state_dict()[k]) for k, v in stage0.items())       # ...trained in stage 2
     assert any(not torch.equal(v, s2.mm_projector.state_dict()[k]) for k, v in s1.mm_projector.state_dict().items())
@@ -254,6 +258,7 @@ def test_official_layout_loads_like_the_parts(tmp_path):
               open(official / "config.json", "w"))
     loaded = XmodelVLM.load(str(official), str(tmp_path / "clip")).eval()
     assert loaded.mm_projector.tokens == 4 and loaded.mm_projector.kind == "xdp-concat"
+    assert loaded.system == data.VICUNA_SYSTEM  # no system_prompt key: the release was trained with Vicuna's
     prompts, pixels = [[1, 40, IMAGE_TOKEN_INDEX, 50, 60]], torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         a, _ = vlm(torch.tensor(prompts), torch.tensor([5]), torch.tensor([True]), pixels)
@@ -341,7 +346,9 @@ def test_image_use_finds_no_difference_when_the_visual_tokens_ignore_the_image()
 
 def test_chat_answers_from_a_saved_vlm_and_explains_a_missing_checkpoint(world, tmp_path):
     model_dir = str(world / "chat_model")
-    train_vlm.build_model(vlm_config(world, "chat"), "cpu").save(model_dir)
+    built = train_vlm.build_model(vlm_config(world, "chat"), "cpu")
+    built.system = ""  # as the tiny scale's stage 2 trains it: saved, and chat must follow it
+    built.save(model_dir)
     shutil.copy(str(world / "lm" / "tok.model"), model_dir)
     image = next((world / "shapes" / "eval" / "images").glob("*.png"))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -351,7 +358,8 @@ def test_chat_answers_from_a_saved_vlm_and_explains_a_missing_checkpoint(world, 
     assert out.returncode == 0 and out.stdout.strip(), out.stderr     # a random model says something
     # the same answer as greedy generation through the API
     model, tok, _ = load(model_dir, "cpu")
-    prompt = data.build_sample([{"from": "human", "value": "<image>\nWhat colour?"}], tok, "vicuna_v1")[0]
+    assert model.system == ""
+    prompt = data.build_sample([{"from": "human", "value": "<image>\nWhat colour?"}], tok, "vicuna_v1", system="")[0]
     new = model.generate([prompt], ImageProcessor(64)(str(image))[None], max_new_tokens=5, eos_id=tok.eos_id).tolist()[0]
     new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
     assert out.stdout.strip() == tok.decode(new).strip()
