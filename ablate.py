@@ -9,7 +9,7 @@ Every projector of --projector at its default token count, then the first one at
 --tokens; each setting trains VLM stages 1 and 2 (train_vlm.py) from the same LM and CLIP, then
 answers the held-out GQA-, POPE- and MME-style sets (eval_vlm.py run, scorers.py). Token counts
 are the paper's, on CLIP-L's 24x24 grid; on a smaller grid the same stride is used
-(xdp.grid_tokens: 576, 144, 36, 4, 1 become 64, 16, 4, 1, 1 on the tiny CLIP's 8x8). Writes
+(xdp.grid_tokens: 576, 144, 36, 4, 1 become 9, 4, 1, 1, 1 on the tiny CLIP's 3x3). Writes
 out/ablation/ablation.md and ablation.png. Resumable: a setting whose result.json has the same
 recipe (LM, CLIP, steps) is not trained again.
 """
@@ -35,7 +35,7 @@ ABLATION_BENCHES = ("shapes_gqa", "shapes_pope", "shapes_mme")
 
 def ablation_settings(projectors, tokens, grid, vision_width, lm_width):
     """(projector, visual tokens) pairs: every projector at its default count, then the first
-    projector at each of `tokens`; duplicates (e.g. 4 and 1 both giving 1 on 8x8) run once.
+    projector at each of `tokens`; duplicates (e.g. 36, 4 and 1 all giving 1 on 3x3) run once.
     Every setting is built once on the meta device, so an impossible one fails before training."""
     with torch.device("meta"):
         settings = [(p, build_projector(p, vision_width, lm_width, grid).tokens) for p in projectors]

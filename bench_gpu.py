@@ -425,7 +425,7 @@ def pipeline_steps(tmp, dry):
              ("score", ["eval_vlm.py", "score", "shapes_pope", "--answers", f"{out}/vlm/eval/shapes_pope.jsonl",
                         "--data", data], '"score"'),
              ("chat", ["chat.py", "--ckpt", f"{out}/vlm/model", "--image", f"{data}/eval/images/test_000000.png",
-                       "Describe the image briefly."], "")]
+                       "How many shapes are in the image?\nAnswer the question using a single word or phrase."], "")]
     return [(name, argv + (tiny.get(argv[0], []) if tiny else []), key) for name, argv, key in steps]
 
 

@@ -64,15 +64,16 @@ class VLMConfig:
     instruct_json: str = ""         # stage 2 LLaVA JSON; "" = {data}/instruct.json
     image_folder: str = ""          # image paths in the JSON are relative to it; "" = {data}/images
     projector: str = "xdp"          # xdp | xdp-concat | linear | mlp2x_gelu | ldp | ldpv2
-    tokens: int = 0                 # visual tokens per image; 0 = the projector's default (a quarter)
+    tokens: int = 9                 # visual tokens per image; 0 = the projector's default (a quarter). 9: on the
+                                    # tiny CLIP's 3x3 patches, one token per cell of the scenes (xdp at stride 1)
     max_len: int = 512              # longest sequence, visual tokens included (the paper: 2048)
     # --- optimisation: the paper's stage 1 is lr 1e-3, batch 64; stage 2 lr 4e-5, batch 32 ---
     lr1: float = 1e-3
     batch1: int = 64                # global batch of stage 1, in samples
     steps1: int = 150               # optimizer steps of stage 1; 0 = one epoch (the paper's; 312 here)
     lr2: float = 1e-3               # the tiny LM needs a larger step than the paper's 1.1B
-    batch2: int = 32
-    steps2: int = 250               # 0 = one epoch (656 here); 250 keeps speedrun.sh within 15 minutes
+    batch2: int = 96                # one-question samples: 96 a step (the paper's 32 chats hold several questions)
+    steps2: int = 300               # 0 = one epoch (843 here); 300 keeps speedrun.sh within 15 minutes (--long: 750)
     micro_batch: int = 16           # samples per forward/backward per process
     checkpointing: bool = False     # activation checkpointing of the LM's blocks (less memory, one more forward)
     fsdp: bool = False              # stage 2 under torchrun: shard weights, gradients and AdamW state over
@@ -117,7 +118,7 @@ class VLMConfig:
 
 VLM_PRESETS = {
     # the paper's recipe at full scale (Xmodel-LM 1.1B + CLIP ViT-L/14-336)
-    "paper": dict(lr1=1e-3, batch1=64, steps1=0, lr2=4e-5, batch2=32, steps2=0, micro_batch=8, max_len=2048,
+    "paper": dict(tokens=0, lr1=1e-3, batch1=64, steps1=0, lr2=4e-5, batch2=32, steps2=0, micro_batch=8, max_len=2048,
                   loss_on_questions=False, system_prompt=True, log_interval=10, ckpt_interval=500, workers=8,
                   evaluate=False),
 }

@@ -261,7 +261,8 @@ PAPER_GRID = 24  # CLIP ViT-L/14-336's 24x24 patches: the grid the paper's token
 
 def grid_tokens(n, grid):
     """The paper's count n (on 24x24) on a grid x grid tower, keeping the downsampling stride:
-    576, 144, 36, 4, 1 are strides 1, 2, 4, 12, 24, i.e. 64, 16, 4, 1, 1 on the tiny CLIP's 8x8."""
+    576, 144, 36, 4, 1 are strides 1, 2, 4, 12, 24, i.e. 64, 16, 4, 1, 1 on an 8x8 grid and 9, 4,
+    1, 1, 1 on the tiny CLIP's 3x3."""
     side = math.isqrt(n)
     if side * side != n or PAPER_GRID % side:
         raise UserError(f"--tokens {n}: the paper's counts are squares whose side divides 24 "

@@ -144,7 +144,7 @@ def test_dataset_skips_and_truncates(tmp_path):
 
 def tiny_vlm(projector="xdp", tokens=None, seed=0):
     torch.manual_seed(seed)
-    tower = CLIPVisionTower(VisionConfig.preset("tiny", image_size=32, hidden_size=32, intermediate_size=64,
+    tower = CLIPVisionTower(VisionConfig.preset("tiny", image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
                                                 num_hidden_layers=2, num_attention_heads=2))
     lm = XmodelLM(LMConfig(vocab_size=131, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=64,
                            max_seq_len=256))
@@ -200,7 +200,7 @@ def world(tmp_path_factory):
     lm = XmodelLM(LMConfig.preset("tiny", vocab_size=load_tokenizer(tok).vocab_size, n_layer=2, n_embd=64,
                                   n_head=4, n_kv_head=2, intermediate_size=128))
     lm.save_hf(str(root / "lm"))
-    CLIPVisionTower(VisionConfig.preset("tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    CLIPVisionTower(VisionConfig.preset("tiny", image_size=64, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=2)).save_hf(str(root / "clip"))
     return root
 
@@ -336,7 +336,7 @@ def test_image_use_finds_no_difference_when_the_visual_tokens_ignore_the_image()
     vlm = tiny_vlm()
     use = train_vlm.image_use(vlm, items, tok.pad_id, "cpu", micro_batch=2)
     assert use["samples"] == 3 and vlm.training              # the text-only sample left out; mode restored
-    assert abs(use["own"] - use["other"]) > 1e-4             # a random projector passes the image on
+    assert abs(use["own"] - use["other"]) > 2e-5             # a random projector passes the image on
     with torch.no_grad():
         vlm.mm_projector.mlp[-1].weight.zero_()              # every image -> the same visual tokens
     use = train_vlm.image_use(vlm, items, tok.pad_id, "cpu", micro_batch=2)
@@ -360,7 +360,7 @@ def test_chat_answers_from_a_saved_vlm_and_explains_a_missing_checkpoint(world, 
     model, tok, _ = load(model_dir, "cpu")
     assert model.system == ""
     prompt = data.build_sample([{"from": "human", "value": "<image>\nWhat colour?"}], tok, "vicuna_v1", system="")[0]
-    new = model.generate([prompt], ImageProcessor(64)(str(image))[None], max_new_tokens=5, eos_id=tok.eos_id).tolist()[0]
+    new = model.generate([prompt], ImageProcessor(model.vision_tower.config.image_size)(str(image))[None], max_new_tokens=5, eos_id=tok.eos_id).tolist()[0]
     new = new[:new.index(tok.eos_id)] if tok.eos_id in new else new
     assert out.stdout.strip() == tok.decode(new).strip()
     missing = subprocess.run(chat + ["--ckpt", str(tmp_path / "none"), "hi"], capture_output=True, text=True)
