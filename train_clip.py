@@ -115,7 +115,7 @@ class TinyCLIP(nn.Module):
         (the tower's select_layer), mean-pooled over the cell's patches (`pool`, (9, patches)),
         must match its own phrase among all the phrases (cross-entropy over them). objects:
         (image index in the batch, cell, phrase index), one row per object. -> (loss, accuracy)."""
-        features = self.vision(pixels)                                        # (B, patches, C)
+        features = self.vision(pixels)  # (B, patches, C): a second pass, simpler than sharing forward's (16% slower)
         image, cell, phrase = objects.unbind(1)
         region = torch.einsum("np,npc->nc", pool[cell], features[image])     # (objects, C)
         region = F.normalize(self.region_projection(region), dim=-1)
@@ -146,9 +146,10 @@ def cell_windows(features, grid):
 
 def probe_cells(tower, root, n_train=4000, steps=600, seed=0):
     """What a frozen tower's features hold about each object of a scene: a small MLP probe
-    reads the object's colour, shape and size from the patches over its cell, trained on
-    objects of `n_train` training scenes and scored on the held-out test scenes. A VLM cannot
-    answer about what these features do not hold. Returns {attribute: accuracy}, with shape
+    reads the object's colour, shape, size and cell from the patches over its cell (the cell
+    from the features alone: whether they keep where they are), trained on objects of `n_train`
+    training scenes and scored on the held-out test scenes. A VLM cannot answer about what these
+    features do not hold. Returns {attribute: accuracy}, with shape
     also split by the object's size."""
     attributes = {"colour": list(shapes.COLOURS), "shape": shapes.SHAPES, "size": shapes.SIZES, "cell": shapes.CELLS}
     proc = ImageProcessor(tower.config.image_size)

@@ -66,17 +66,19 @@ def test_per_object_term_pools_each_objects_cell_by_hand():
 
 
 class PatchMeanTower(torch.nn.Module):
-    """A stand-in tower whose features are each 8x8 patch's mean colour (or noise): colour is
-    in them, shape hardly."""
+    """A stand-in tower whose features are each 8x8 patch's mean colour (or noise, or the patch's
+    place alone): colour is in them, shape hardly, place not."""
     config = SimpleNamespace(image_size=64)
     grid = 8
 
-    def __init__(self, noise=False):
+    def __init__(self, noise=False, where=False):
         super().__init__()
-        self.noise = noise
+        self.noise, self.where = noise, where
 
     def forward(self, pixels):
         x = F.avg_pool2d(pixels, 8).flatten(2).transpose(1, 2)  # (N, 64, 3)
+        if self.where:  # each patch's own index, one-hot, and nothing of the image
+            return torch.eye(64).expand(len(x), 64, 64)
         return torch.randn_like(x) if self.noise else x
 
 
@@ -96,6 +98,9 @@ def test_probe_reads_what_the_features_hold(tmp_path):
     noise = train_clip.probe_cells(PatchMeanTower(noise=True), world, steps=300)
     assert colour_tower["colour"] > 0.9                 # six distinct colours: the patch means tell them apart
     assert noise["colour"] < 0.45 and noise["shape"] < 0.45   # chance: 1/6 and 1/5
+    assert colour_tower["cell"] < 0.45 and noise["cell"] < 0.45  # mean colours do not say where they are...
+    where = train_clip.probe_cells(PatchMeanTower(where=True), world, steps=300)
+    assert where["cell"] > 0.95                          # ...features that hold their patch's place do
     # the shape accuracy split by size: the overall one is their mean weighted by the objects of each size
     with open(f"{world}/scenes_test.jsonl") as f:
         sizes = [o["size"] for line in f for o in json.loads(line)["objects"]]
