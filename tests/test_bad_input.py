@@ -323,6 +323,11 @@ BAD = {
                         r"image .*train_000000.png is refused: .*pixels"),
     "clip-no-test-scenes": ("train_clip.py", lambda f, t: clip_args(t, world_with(f, t, remove=["scenes_test.jsonl"])),
                             r"scenes_test.jsonl not found"),
+    # the per-object term reads each training image's objects from the ground truth
+    "clip-no-train-scenes": ("train_clip.py", lambda f, t: clip_args(t, world_with(f, t, remove=["scenes_train.jsonl"])),
+                             r"scenes_train.jsonl not found.*--region_weight=0"),
+    "clip-scenes-of-another-world": ("train_clip.py", lambda f, t: clip_args(t, write(
+        world_with(f, t) / "scenes_train.jsonl", b"") and t / "shapes"), r"has no scene for image .*not the same shapes world"),
     # --- train_vlm.py: settings ---
     "vlm-stage": ("train_vlm.py", lambda f, t: ["--stage=3"], r"--stage=3 is not allowed: choose one of 1, 2, both"),
     "vlm-projector": ("train_vlm.py", lambda f, t: ["--projector=foo"], r"--projector=foo .*xdp, xdp-concat"),
