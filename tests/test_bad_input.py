@@ -346,7 +346,7 @@ BAD = {
                               r"tok.model is not the tokenizer this model was trained with"),
     "vlm-bigger-tokenizer": ("train_vlm.py", lambda f, t: vlm_args(f, t, lm=bigger_vocab_tokenizer(f, t)),
                              r"big.model has \d+ tokens but the LM in .*lm only 400"),
-    "vlm-tokens": ("train_vlm.py", lambda f, t: vlm_args(f, t, tokens=5), r"projector 'xdp' on a 3x3 grid cannot give 5 tokens"),
+    "vlm-tokens": ("train_vlm.py", lambda f, t: vlm_args(f, t, tokens=5), r"projector 'linear' on a 3x3 grid cannot give 5 tokens"),
     "vlm-max-len-small": ("train_vlm.py", lambda f, t: vlm_args(f, t, max_len=10), r"--max_len=10 leaves no room for text"),
     "vlm-max-len-context": ("train_vlm.py", lambda f, t: vlm_args(f, t, max_len=512), r"--max_len=512 is longer than the LM's context \(256"),
     "vlm-batch-multiple": ("train_vlm.py", lambda f, t: vlm_args(f, t, batch1=6), r"global batch 6 must be a multiple of micro_batch"),

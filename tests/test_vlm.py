@@ -211,25 +211,35 @@ def vlm_config(root, out, **kw):
     return VLMConfig(**{**base, **kw})
 
 
-def test_stage1_trains_only_the_projector_stage2_not_the_tower(world):
-    train_vlm.main(vlm_config(world, "stages"))
+@pytest.mark.parametrize("lm_in_stage1", [False, True])
+def test_what_each_stage_trains(world, lm_in_stage1):
+    """The paper's stage 1 trains the projector alone; the tiny scale's (--lm_in_stage1, the
+    default) the LM too. Stage 2 trains both; the tower never learns."""
+    out = f"stages_{lm_in_stage1}"
+    train_vlm.main(vlm_config(world, out, lm_in_stage1=lm_in_stage1))
     stage0 = {k: v for k, v in XmodelLM.from_hf(str(world / "lm")).state_dict().items()}
     tower0 = load_file(str(world / "clip" / "model.safetensors"))
-    s1 = XmodelVLM.load(str(world / "stages" / "stage1"))
-    s2 = XmodelVLM.load(str(world / "stages" / "model"))
+    s1 = XmodelVLM.load(str(world / out / "stage1"))
+    s2 = XmodelVLM.load(str(world / out / "model"))
     assert s2.system == "" and VLMConfig().system_prompt is False  # the tiny scale's stage 2: no system prompt
-    assert all(torch.equal(v, s1.lm.state_dict()[k]) for k, v in stage0.items())           # LM frozen in stage 1
-    assert any(not torch.equal(v, s2.lm.state_dict()[k]) for k, v in stage0.items())       # ...trained in stage 2
-    assert any(not torch.equal(v, s2.mm_projector.state_dict()[k]) for k, v in s1.mm_projector.state_dict().items())
+    assert VLMConfig().lm_in_stage1 and not train_vlm.VLM_PRESETS["paper"]["lm_in_stage1"]
+    lm_changed = [not torch.equal(v, s1.lm.state_dict()[k]) for k, v in stage0.items()]
+    assert (any(lm_changed) if lm_in_stage1 else not any(lm_changed))                       # stage 1
+    assert any(not torch.equal(v, s2.lm.state_dict()[k]) for k, v in s1.lm.state_dict().items())  # stage 2
+    assert any(not torch.equal(v, s1.mm_projector.state_dict()[k]) for k, v in s2.mm_projector.state_dict().items())
     for model in (s1, s2):                                                                  # tower never trained
         assert all(torch.equal(v, model.vision_tower.state_dict()[k]) for k, v in tower0.items())
 
 
-def test_exact_resume(world):
+@pytest.mark.parametrize("stop_at", [(1, 1), (2, 2)])
+def test_exact_resume(world, stop_at):
+    """Interrupted in stage 1 (where the tiny scale trains the LM too) or in stage 2, then resumed:
+    the same weights as a straight run."""
     straight = train_vlm.main(vlm_config(world, "straight", steps1=2, steps2=4, ckpt_interval=2))
-    train_vlm.main(vlm_config(world, "halves", steps1=2, steps2=4, ckpt_interval=2), stop_at=(2, 2))
-    resumed = train_vlm.main(vlm_config(world, "halves", steps1=2, steps2=4, ckpt_interval=2, stage="2",
-                                        resume=True))
+    halves = f"halves_{stop_at[0]}"
+    train_vlm.main(vlm_config(world, halves, steps1=2, steps2=4, ckpt_interval=2), stop_at=stop_at)
+    resumed = train_vlm.main(vlm_config(world, halves, steps1=2, steps2=4, ckpt_interval=2,
+                                        stage=str(stop_at[0]) if stop_at[0] == 2 else "both", resume=True))
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
 
