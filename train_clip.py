@@ -158,7 +158,7 @@ def variance_shares(x, labels):
     the features hold weakly is one a linear projector after them, and the LM, learn from slowly:
     the VLM answered position questions at chance while the cell held 2% of the spread."""
     centred = x - x.mean(0)
-    total = centred.pow(2).sum()
+    total = centred.pow(2).sum().clamp(min=1e-12)  # features all alike: every share 0, not nan
     shares = {}
     for a, y in labels.items():
         between = sum(centred[y == k].mean(0).pow(2).sum() * (y == k).sum() for k in y.unique())
@@ -285,8 +285,12 @@ def load_objects(root, samples_images):
         if "images/" + image not in scenes:
             raise UserError(f"{path} has no scene for image {image!r} of {root}/pretrain.json: they are not the "
                             f"same shapes world; regenerate it (python shapes.py) or use --region_weight=0")
-        rows.append([(3 * o["row"] + o["col"], phrase(o), shapes.SHAPES.index(o["shape"]))
-                     for o in scenes["images/" + image]["objects"]])
+        objs = scenes["images/" + image]["objects"]
+        unknown = sorted({o["shape"] for o in objs} - set(shapes.SHAPES))
+        if unknown:
+            raise UserError(f"{path}: the scene of image {image!r} has shape(s) {unknown}, not among "
+                            f"{shapes.SHAPES}; regenerate the world (python shapes.py) or use --region_weight=0")
+        rows.append([(3 * o["row"] + o["col"], phrase(o), shapes.SHAPES.index(o["shape"])) for o in objs])
     phrases = sorted({p for r in rows for _, p, _ in r})
     return [[(cell, phrases.index(p), shape) for cell, p, shape in r] for r in rows], phrases
 

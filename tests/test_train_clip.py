@@ -99,6 +99,20 @@ def test_variance_shares_by_hand():
     # in two dimensions the squares add: a second column equal to the first keeps the shares
     shares2 = train_clip.variance_shares(x.repeat(1, 2), {"a": torch.tensor([0, 0, 1, 1])})
     assert abs(shares2["a"] - 0.8) < 1e-6
+    # constant features account for nothing (and do not divide by zero)
+    assert train_clip.variance_shares(torch.ones(4, 3), {"a": torch.tensor([0, 0, 1, 1])})["a"] == 0.0
+
+
+def test_load_objects_names_an_unknown_shape(tmp_path):
+    (tmp_path / "scenes_train.jsonl").write_text(json.dumps(
+        {"image": "images/a.png", "objects": [{"row": 0, "col": 0, "size": "large", "colour": "red",
+                                                "shape": "blob", "cell": "top left"}]}) + "\n")
+    try:
+        train_clip.load_objects(str(tmp_path), ["a.png"])
+    except train_clip.UserError as e:
+        assert "blob" in str(e) and "a.png" in str(e)
+    else:
+        raise AssertionError("an unknown shape was accepted")
 
 
 def test_cell_windows_take_the_patches_over_each_cell():
