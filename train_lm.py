@@ -314,7 +314,8 @@ def train(cfg, stop_at=None):
             reading_check(raw_model, tok, scenes, device)
     if metrics:
         metrics.close()
-    if dist.is_initialized():
+    if dist.is_initialized():  # leave together: a rank that tears down while another still
+        dist.barrier()          # exports can abort at exit (seen once in CI under FSDP2 on gloo)
         dist.destroy_process_group()
     return raw_model
 

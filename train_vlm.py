@@ -437,7 +437,8 @@ def main(cfg, stop_at=None):
             model.save(out)
             save_tokenizer(tok_path, out)
             print(f"stage {stage} done; model saved to {out}")
-    if dist.is_initialized():
+    if dist.is_initialized():  # leave together: a rank that tears down while another still
+        dist.barrier()          # exports can abort at exit (seen once in CI under FSDP2 on gloo)
         dist.destroy_process_group()
     if master and 2 in stages and cfg.probe and held_out_sets(cfg):
         for picture in eval_vlm.save_pictures(model.eval(), tok, cfg.data, os.path.join(cfg.out_dir, "metrics.jsonl"),
