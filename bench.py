@@ -35,6 +35,9 @@ LM's step (forward, backward, AdamW; `batch` x `seq_len`) under bf16 autocast (f
 weights), and a step whose inputs are embeddings of large norm (as visual tokens are) with
 denormal flushing off and on (`torch.set_flush_denormal`). Whether bf16 pays depends on the CPU:
 it prints whether the CPU has native bf16 (AVX512-BF16 or AMX), which is what the trainers check.
+The last row times PyTorch's fused attention alone (forward and backward at the LM's head shape)
+in bf16 against fp32: where bf16 is the slower, as on the 2-core machine, `model.attention`
+computes it in fp32 under autocast too.
 
 `kernels`: see kernels/bench.py (the device's copy bandwidth and matmul ceilings first, then
 flash attention TFLOP/s vs SDPA's flash and cuDNN backends and depthwise-conv GB/s vs F.conv2d).
@@ -265,6 +268,14 @@ def bench_cpu(cfg):
             cfg.repeats, lambda: None, tokens, "tok/s")
     compare("large-norm embeds, flush denormals", flushed, lambda: step(embeds=big), cfg.repeats, lambda: None,
             tokens, "tok/s")
+    # why model.attention runs SDPA in fp32 on a CPU even under autocast: its CPU kernel in bf16
+    qkv = [torch.randn(cfg.batch, model.config.n_head, cfg.seq_len, model.config.head_dim, requires_grad=True)
+           for _ in range(3)]
+
+    def sdpa(dtype):
+        torch.nn.functional.scaled_dot_product_attention(*(t.to(dtype) for t in qkv), is_causal=True).sum().backward()
+    compare("attention fwd+bwd in bf16 (SDPA)", lambda: sdpa(torch.bfloat16), lambda: sdpa(torch.float32),
+            cfg.repeats, lambda: None, tokens, "tok/s")
 
 
 def bench_decode(cfg):

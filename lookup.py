@@ -35,7 +35,8 @@ on the answers only.
   printed for each kind of key.
 
 Accuracy on 256 held-out sequences every `eval_interval` steps. Model: model.py's `tiny` shape
-(4 layers, 256 wide, 8 heads, 2 KV heads) over a 128-token vocabulary. AdamW, warmup, cosine to
+(4 layers, 256 wide, 8 heads; until 2026-12-03, when README's measurements were taken, 2 KV
+heads) over a 128-token vocabulary. AdamW, warmup, cosine to
 a tenth; bf16 autocast where the CPU has native bf16, as in the trainers. Measurements: README,
 "The reading ladder".
 """
