@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the shapes world, on a CPU, step by step. Each line is a plain command
-# you can copy and run alone; together they take about 14 minutes on 2 cores. `bash speedrun.sh
-# --long` trains the VLM's stage 2 3000 steps instead of 1000 (35-41 minutes): it reaches
+# you can copy and run alone; together they take about 11 minutes on 2 cores. `bash speedrun.sh
+# --long` trains the VLM's stage 2 3000 steps instead of 1000 (25-30 minutes): it reaches
 # more (README, "What the default run reaches"). The first line installs what
 # requirements.txt lists and this Python lacks (nothing when all is there; never a CUDA torch by
 # accident: see setup.sh).
