@@ -1,7 +1,7 @@
 """
 The paper's ablations on the shapes world: projectors (Table 7) and visual tokens (Table 8).
 
-    python ablate.py                                        # 5 settings on the tiny CLIP, about 30 minutes on 2 CPU cores
+    python ablate.py                                        # 6 settings on the tiny CLIP, about 20-30 minutes on 2 CPU cores
     python ablate.py --projector=xdp,ldp --tokens=144,36 --steps1=150 --steps2=150
     python ablate.py --help
 
@@ -119,7 +119,7 @@ def write_ablation(rows, out_dir, swept):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--projector", default="xdp,ldpv2,mlp2x_gelu",
+    parser.add_argument("--projector", default="xdp,ldpv2,mlp2x_gelu,linear",
                         help="comma-separated projector kinds, each at its default token count (Table 7)")
     parser.add_argument("--tokens", default="576,144,36,4,1",
                         help="visual token counts for the first projector, as in the paper (Table 8)")
