@@ -35,9 +35,8 @@ on the answers only.
   printed for each kind of key.
 
 Accuracy on 256 held-out sequences every `eval_interval` steps. Model: model.py's `tiny` shape
-(4 layers, 256 wide, 8 heads; until 2026-12-03, when README's measurements were taken, 2 KV
-heads) over a 128-token vocabulary. AdamW, warmup, cosine to
-a tenth; bf16 autocast where the CPU has native bf16, as in the trainers. Measurements: README,
+(4 layers, 256 wide, 8 heads) over a 128-token vocabulary; README's measurements of it used the
+preset of before 2026-12-03, with 2 key/value heads. AdamW, warmup, cosine to a tenth; bf16 autocast where the CPU has native bf16, as in the trainers. Measurements: README,
 "The reading ladder".
 """
 
