@@ -36,8 +36,9 @@ on the answers only.
 
 Accuracy on 256 held-out sequences every `eval_interval` steps. Model: model.py's `tiny` shape
 (4 layers, 256 wide, 8 heads) over a 128-token vocabulary; README's measurements of it used the
-preset of before 2026-12-03, with 2 key/value heads. AdamW, warmup, cosine to a tenth; bf16 autocast where the CPU has native bf16, as in the trainers. Measurements: README,
-"The reading ladder".
+preset of before 2026-12-03, with 2 key/value heads. AdamW, warmup, cosine to a tenth; bf16
+autocast where the CPU has native bf16, as in the trainers. Measurements: README, "The reading
+ladder".
 """
 
 import math
