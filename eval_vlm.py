@@ -300,6 +300,50 @@ def attention_to_image(model, tok, question):
     return torch.stack([p[0, :, -1, start:start + n].mean(0) for p in kept]), reply
 
 
+def lookup_gauge(model, tok, world, scenes=200):
+    """Does the LM look up the object a word names? Teacher-forced on the first `scenes` held-out
+    scenes: for each object whose colour is the only one of its kind in the scene, the prompt
+    "<image>\\nIs the <colour>" (cut after the colour word): is the next word, among the scenes'
+    shape words, the object's shape? And the same keyed by shape ("Is the <shape>", next: its
+    colour). Beside each, per layer, the best head's rate of attending most, among the visual
+    tokens, to one in the object's cell (tokens on a square grid; 9 tokens: one per cell).
+    Returns {"colour": {"n", "next", "heads"}, "shape": {...}}, accuracies in %."""
+    device = model.lm.lm_head.weight.device
+    rows = [json.loads(line) for line in open(os.path.join(world, "scenes_test.jsonl"))][:scenes]
+    words = {key: sorted({o[key] for s in rows for o in s["objects"]}) for key in ("colour", "shape")}
+    word_id = {w: tok.encode(" " + w)[-1] for ws in words.values() for w in ws}
+    processor = ImageProcessor(model.vision_tower.config.image_size)
+    n_tokens = model.mm_projector.tokens
+    side = math.isqrt(n_tokens)
+    cell_of = torch.tensor([(t // side * 3 // side) * 3 + t % side * 3 // side for t in range(n_tokens)])
+    was_training = model.training
+    model.eval()
+    result = {}
+    for key, other in (("colour", "shape"), ("shape", "colour")):
+        right, hits = [], []
+        for s in rows:
+            pixels = None
+            for o in s["objects"]:
+                if sum(p[key] == o[key] for p in s["objects"]) != 1:
+                    continue
+                pixels = processor(os.path.join(world, s["image"]))[None].to(device) if pixels is None else pixels
+                ids = prompt_ids(tok, {"text": f"Is the {o[key]}", "image": True}, system=model.system)
+                ids = ids[:len(ids) - ids[::-1].index(word_id[o[key]])]  # up to the key word
+                with torch.no_grad(), recorded_attention() as kept:
+                    x, _ = model.prompt_embeds([ids], pixels)
+                    logits, _ = model.lm(embeds=x)
+                scores = {w: float(logits[0, -1, word_id[w]]) for w in words[other]}
+                right.append(max(scores, key=scores.get) == o[other])
+                start = ids.index(IMAGE_TOKEN_INDEX)
+                looked = torch.stack([p[0, :, -1, start:start + n_tokens].argmax(-1) for p in kept])  # (layers, heads)
+                hits.append(cell_of[looked.cpu()] == o["row"] * 3 + o["col"])
+        hit = torch.stack(hits).float().mean(0) if hits else torch.zeros(0, 0)
+        result[key] = {"n": len(right), "next": 100 * sum(right) / max(1, len(right)),
+                       "heads": [100 * float(h.max()) for h in hit] if side * side == n_tokens else []}
+    model.train(was_training)
+    return result
+
+
 def save_pictures(model, tok, world, metrics_path, out_dir):
     """learning.png: stage 2's loss and the probe's accuracy per question type against steps.
     attention.png: the first held-out question's image and, per layer, how much the answer

@@ -309,6 +309,18 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     return True
 
 
+def report_lookups(gauge, metrics_path):
+    """Print eval_vlm.lookup_gauge's result (does the LM find the object a colour or shape word
+    names?) and log it to metrics.jsonl."""
+    for key, other in (("colour", "shape"), ("shape", "colour")):
+        g = gauge[key]
+        heads = "/".join(f"{h:.0f}" for h in g["heads"])
+        print(f"lookup by {key}: after \"Is the <{key}>\" the next word is the object's {other} for {g['next']:.1f}% of "
+              f"{g['n']} held-out objects" + (f"; the best head of each layer looks at its cell for {heads}%" if heads else ""))
+    with open(metrics_path, "a") as f:
+        f.write(json.dumps({"stage": 2, "lookup": gauge}) + "\n")
+
+
 def image_use(model, items, pad_id, device, micro_batch=16, autocast=nullcontext()):
     """How much the model's predictions lean on the image: its loss on `items` (dataset samples
     with an image) as they are, and with each sample given the next sample's image instead.
@@ -441,6 +453,7 @@ def main(cfg, stop_at=None):
         dist.barrier()          # exports can abort at exit (seen once in CI under FSDP2 on gloo)
         dist.destroy_process_group()
     if master and 2 in stages and cfg.probe and held_out_sets(cfg):
+        report_lookups(eval_vlm.lookup_gauge(model.eval(), tok, cfg.data), os.path.join(cfg.out_dir, "metrics.jsonl"))
         for picture in eval_vlm.save_pictures(model.eval(), tok, cfg.data, os.path.join(cfg.out_dir, "metrics.jsonl"),
                                               cfg.out_dir):
             print(f"drew {picture}")

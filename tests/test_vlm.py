@@ -1,6 +1,7 @@
 """Xmodel-VLM: the label builder, image splicing, the two training stages, resume, loading."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -550,3 +551,58 @@ def test_training_probes_and_draws_the_pictures(world):
     maps, reply = eval_vlm.attention_to_image(model, load_tokenizer(str(world / "lm" / "tok.model")), question)
     assert maps.shape == (model.lm.config.n_layer, model.mm_projector.tokens)
     assert ((maps >= 0) & (maps.sum(1, keepdim=True) <= 1 + 1e-5)).all() and isinstance(reply, str)
+
+
+def test_lookup_gauge_scores_the_named_objects_word_and_cell(world, monkeypatch, capsys):
+    """lookup_gauge against the scene files, with an LM made to answer "circle" or "red" whatever
+    it sees and heads made to look at one visual token in the top center cell (head 0) or the
+    last one (the others): its rates must be the shares of the asked-about objects that are
+    circles / red / in those cells, counted here from scenes_test.jsonl, and each prompt must end
+    with the asked-about object's word."""
+    out = world / "lookup"
+    model = train_vlm.main(vlm_config(world, "lookup", steps2=1, probe=1, image_check=0)).eval()
+    assert "lookup by colour:" in capsys.readouterr().out                        # printed by the run...
+    assert "lookup" in json.loads(open(out / "metrics.jsonl").readlines()[-1])     # ...and logged
+    tok = load_tokenizer(str(world / "lm" / "tok.model"))
+    side = math.isqrt(model.mm_projector.tokens)
+    top_center = (side + 2) // 3                       # row 0, the first column of the middle third
+    prompts, real_embeds = [], model.prompt_embeds
+    real_attention, real_forward = eval_vlm.lm_code.attention, model.lm.forward
+
+    def prompt_embeds(ids, pixels):
+        prompts.append(ids[0])
+        return real_embeds(ids, pixels)
+
+    @eval_vlm.contextmanager
+    def pointing():
+        kept = []
+
+        def attention(q, k, v, causal, mask=None):
+            start = prompts[-1].index(IMAGE_TOKEN_INDEX)
+            p = torch.zeros(q.shape[0], q.shape[1], k.shape[2], k.shape[2])
+            p[:, 0, -1, start + top_center] = p[:, 1:, -1, start + side * side - 1] = 1
+            kept.append(p)
+            return real_attention(q, k, v, causal, mask)
+        with eval_vlm.mock.patch.object(eval_vlm.lm_code, "attention", attention):
+            yield kept
+
+    def forward(*args, **kw):
+        logits, loss = real_forward(*args, **kw)
+        for word in ("circle", "red"):
+            logits[..., tok.encode(" " + word)[-1]] += 1e4
+        return logits, loss
+    monkeypatch.setattr(model, "prompt_embeds", prompt_embeds)
+    monkeypatch.setattr(eval_vlm, "recorded_attention", pointing)
+    monkeypatch.setattr(model.lm, "forward", forward)
+    got = eval_vlm.lookup_gauge(model, tok, str(world / "shapes"))
+    scenes = [json.loads(line) for line in open(world / "shapes" / "scenes_test.jsonl")]
+    words = []
+    for key, other, said in (("colour", "shape", "circle"), ("shape", "colour", "red")):
+        asked = [o for s in scenes for o in s["objects"] if [p[key] for p in s["objects"]].count(o[key]) == 1]
+        words += [o[key] for o in asked]
+        share = lambda f: pytest.approx(100 * sum(map(f, asked)) / len(asked))
+        assert got[key]["n"] == len(asked) > 10
+        assert got[key]["next"] == share(lambda o: o[other] == said)
+        best = max(sum(o["row"] == 0 and o["col"] == 1 for o in asked), sum(o["row"] == o["col"] == 2 for o in asked))
+        assert got[key]["heads"] == [pytest.approx(100 * best / len(asked))] * model.lm.config.n_layer
+    assert [tok.decode([ids[-1]]).strip() for ids in prompts] == words
