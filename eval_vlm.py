@@ -309,7 +309,7 @@ def lookup_gauge(model, tok, world, scenes=200):
     tokens, to one in the object's cell (tokens on a square grid; 9 tokens: one per cell).
     Returns {"colour": {"n", "next", "heads"}, "shape": {...}}, accuracies in %."""
     device = model.lm.lm_head.weight.device
-    rows = [json.loads(line) for line in open(os.path.join(world, "scenes_test.jsonl"))][:scenes]
+    rows = load_jsonl(os.path.join(world, "scenes_test.jsonl"))[:scenes]  # a malformed line is named
     words = {key: sorted({o[key] for s in rows for o in s["objects"]}) for key in ("colour", "shape")}
     word_id = {w: tok.encode(" " + w)[-1] for ws in words.values() for w in ws}
     processor = ImageProcessor(model.vision_tower.config.image_size)
