@@ -46,6 +46,7 @@ from unittest import mock
 import torch
 
 import model as lm_code
+import shapes
 from common import checked, pyplot, run_main, run_moved
 from data import IMAGE_TOKEN_INDEX, VICUNA_SYSTEM, build_sample
 from scorers import (CHOICE, SCORERS, SHAPES, ScoreError, find, gqa_right, load_json, load_jsonl, read_answers,
@@ -174,6 +175,7 @@ def shapes_report(ckpt, world, out_dir, loaded=None):
             os.remove(answers)  # a fresh model: answer again
         run(bench, ckpt, world, answers, loaded=loaded)
         results[bench] = score(bench, answers, world)
+    results["shapes_gqa"]["per_key"] = per_key(os.path.join(out_dir, "shapes_gqa.jsonl"), world)
     with open(os.path.join(out_dir, "shapes_report.json"), "w") as f:
         json.dump(rounded(results), f, indent=2)
     print_shapes_table(results)
@@ -186,6 +188,8 @@ def print_shapes_table(results):
     rows = [("overall (GQA-style exact match)", gqa["score"], SHAPES_TARGETS["overall"])]
     for qtype, acc in gqa["per_detailed"].items():
         rows.append((f"  {qtype}", acc, SHAPES_TARGETS.get(qtype)))
+        for k, split in gqa.get("per_key", {}).get(qtype, {}).items():
+            rows.append((f"    named by {'one attribute' if k == '1' else 'two'} ({split['n']})", split["accuracy"], None))
     rows += [("compositional held-out pairs", comp["score"], None),
              ("POPE-style F1 (x100)", 100 * results["shapes_pope"]["score"], 100 * SHAPES_TARGETS["pope_f1"]),
              ("MME-style perception (of 800)", results["shapes_mme"]["score"], None),
@@ -196,6 +200,27 @@ def print_shapes_table(results):
         print(f"{name:<36} {value:7.1f} {'' if target is None else f'{target:7.1f}'}{mark}")
 
 
+def gqa_truth(world):
+    """The shapes world's held-out GQA-style questions, as GQA's question file holds them: {id: record}."""
+    info = load_json(os.path.join(world, "manifest.json"))["benchmarks"]["gqa"]
+    return load_json(find(os.path.dirname(os.path.join(world, info["question_file"])),
+                          "testdev_balanced_questions.json"))
+
+
+def per_key(answers_path, world):
+    """Accuracy (%) of the colour and shape questions by how many attributes name their object
+    (shapes.key_attributes: 'the star' 1, 'the large star' 2): {type: {"1": {"accuracy", "n"}, "2": ...}}.
+    The tiny VLM finds an object by its colour word and by little else (README, "Where the lookup fails")."""
+    truth, right = gqa_truth(world), defaultdict(lambda: defaultdict(list))
+    for a in read_answers(answers_path):
+        q = truth[str(a["question_id"])]
+        k = shapes.key_attributes(q["question"])
+        if k:
+            right[q["types"]["detailed"]][str(k)].append(gqa_right(a["text"], q["answer"]))
+    return {t: {k: {"accuracy": 100 * sum(v) / len(v), "n": len(v)} for k, v in sorted(ks.items())}
+            for t, ks in sorted(right.items())}
+
+
 # -----------------------------------------------------------------------------
 # Watching a shapes-world run learn: the probe train_vlm.py runs every `probe` steps of stage 2,
 # and the two pictures it saves next to the model at the end.
@@ -203,9 +228,7 @@ def print_shapes_table(results):
 def probe_questions(world, per_type=20):
     """The first `per_type` held-out GQA-style questions of each type, in file order, with their
     answers: [(read_questions row, answer, type)]. The same questions at every probe."""
-    info = load_json(os.path.join(world, "manifest.json"))["benchmarks"]["gqa"]
-    truth = load_json(find(os.path.dirname(os.path.join(world, info["question_file"])),
-                           "testdev_balanced_questions.json"))
+    truth = gqa_truth(world)
     picked, taken = [], Counter()
     for q in read_questions("shapes_gqa", world):
         gold = truth[str(q["question_id"])]

@@ -47,6 +47,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections import Counter
 from multiprocessing import Pool
@@ -239,6 +240,18 @@ def ref(o, objects, hide):
     if sum(p["size"] == o["size"] for p in same) == 1:
         return f"the {o['size']} {noun}"
     return f"the {noun} in the {o['cell']}"
+
+
+def key_attributes(question):
+    """How many attributes name the object in a colour or shape question, read from ref()'s
+    phrase: 1 for 'the star' or 'the red object', 2 for 'the large star', 'the small red object' or
+    'the star in the top left' (when one attribute does not pick the object out); None for other
+    questions. The held-out report splits colour and shape questions by it."""
+    m = re.match(r"What (?:colour|shape) is (the .+?)\?|What is the (?:colour|shape) of (the .+?)\?", question)
+    if not m:
+        return None
+    words = (m.group(1) or m.group(2)).split()
+    return 1 + (words[1] in SIZES) + (" in the " in " ".join(words))
 
 
 def count_noun(scene, k):

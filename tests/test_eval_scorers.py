@@ -483,3 +483,24 @@ def test_shapes_sets_perfect_and_wrong(world, tmp_path, bench, make, perfect, fo
     if bench == "shapes_mme":
         assert right["perception_max"] == 800 and wrong["score"] == pytest.approx(200)  # all 'Yes': acc 50, acc+ 0
         assert len(right["missing"]) == 10
+
+
+def test_per_key_splits_colour_and_shape_questions_by_what_names_the_object(tmp_path):
+    """A hand-made world of five questions: the split counts each colour or shape question under
+    the number of attributes in its key, scores it as GQA does, and leaves other types out."""
+    gqa = tmp_path / "eval" / "gqa"
+    gqa.mkdir(parents=True)
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"benchmarks": {"gqa": {"question_file": "eval/gqa/llava_gqa_testdev_balanced.jsonl"}}}))
+    rows = [("colour", "What colour is the star?", "red", "Red."),                        # 1, right
+            ("colour", "What colour is the large star?", "blue", "green"),                # 2, wrong
+            ("colour", "What is the colour of the star in the center?", "green", "green"),  # 2, right
+            ("shape", "What shape is the red object in the top left?", "circle", "circle"),  # 2, right
+            ("size", "What size is the blue star?", "small", "large")]                    # not split
+    (gqa / "testdev_balanced_questions.json").write_text(json.dumps(
+        {str(i): {"question": q, "answer": a, "types": {"detailed": t}} for i, (t, q, a, _) in enumerate(rows)}))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": str(i), "text": r[3]}) + "\n" for i, r in enumerate(rows)))
+    assert eval_vlm.per_key(str(answers), str(tmp_path)) == {
+        "colour": {"1": {"accuracy": 100.0, "n": 1}, "2": {"accuracy": 50.0, "n": 2}},
+        "shape": {"2": {"accuracy": 100.0, "n": 1}}}

@@ -430,3 +430,25 @@ def test_render_any_size_and_reject_bad_ones(tmp_path):
         shapes.generate_shapes_world(str(tmp_path), size=448)
     shown = shapes.make_grid(str(tmp_path / "grid.png"), n=8)
     assert Image.open(tmp_path / "grid.png").size == (4 * 128 + 5 * 4, 2 * 128 + 3 * 4) and len(shown) == 8
+
+
+def test_key_attributes_counts_what_names_the_object(world):
+    """shapes.key_attributes, checked against the scenes: a colour question names its object by
+    shape alone when no other object in the scene has that shape (a shape question: by colour),
+    and by two attributes otherwise; other questions get None."""
+    scenes = {s["id"]: s for s in read_jsonl(os.path.join(world, "scenes_test.jsonl"))}
+    questions = read_json(os.path.join(world, "eval", "gqa", "testdev_balanced_questions.json"))
+    seen = Counter()
+    for q in questions.values():
+        kind, k = q["types"]["detailed"], shapes.key_attributes(q["question"])
+        if kind not in ("colour", "shape"):
+            assert k is None, q["question"]
+            continue
+        keep = "shape" if kind == "colour" else "colour"
+        objs = scenes[q["imageId"]]["objects"]
+        asked = next(o for o in objs if o[kind] == q["answer"] and re.search(rf"\b{o[keep]}\b", q["question"]))
+        sharing = sum(o[keep] == asked[keep] for o in objs)
+        assert k == (1 if sharing == 1 else 2), (q["question"], objs)
+        seen[k] += 1
+    assert seen[1] and seen[2]
+    assert shapes.key_attributes("What is the colour of the small star?\nAnswer the question using a single word.") == 2
