@@ -49,7 +49,7 @@ import model as lm_code
 import shapes
 from common import checked, pyplot, run_main, run_moved
 from data import IMAGE_TOKEN_INDEX, VICUNA_SYSTEM, build_sample
-from scorers import (CHOICE, SCORERS, SHAPES, ScoreError, find, gqa_right, load_json, load_jsonl, read_answers,
+from scorers import (CHOICE, SCORERS, SHAPES, ScoreError, at, find, gqa_right, load_json, load_jsonl, read_answers,
                      rounded, score)
 from vision import ImageProcessor
 from vlm import load
@@ -213,6 +213,9 @@ def per_key(answers_path, world):
     The tiny VLM finds an object by its colour word and by little else (README, "Where the lookup fails")."""
     truth, right = gqa_truth(world), defaultdict(lambda: defaultdict(list))
     for a in read_answers(answers_path):
+        if str(a.get("question_id")) not in truth:
+            raise ScoreError(f"{at(a)}: question {a.get('question_id')!r} is not in the world's GQA-style "
+                             f"question file; are these answers to {world}'s held-out set?")
         q = truth[str(a["question_id"])]
         k = shapes.key_attributes(q["question"])
         if k:

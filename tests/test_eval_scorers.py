@@ -504,3 +504,6 @@ def test_per_key_splits_colour_and_shape_questions_by_what_names_the_object(tmp_
     assert eval_vlm.per_key(str(answers), str(tmp_path)) == {
         "colour": {"1": {"accuracy": 100.0, "n": 1}, "2": {"accuracy": 50.0, "n": 2}},
         "shape": {"2": {"accuracy": 100.0, "n": 1}}}
+    answers.write_text(json.dumps({"question_id": "7", "text": "red"}) + "\n")  # not a question of this world
+    with pytest.raises(ScoreError, match=r"answers.jsonl, line 1: question '7' is not in"):
+        eval_vlm.per_key(str(answers), str(tmp_path))
