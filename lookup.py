@@ -11,6 +11,8 @@ skill the VLM needs from everything else (words, templates, the tower, the proje
     python lookup.py --empty=true --min_objects=2   # empty cells, no one-object training scenes
     python lookup.py --empty=true --min_objects=2 --fill=3 --questions=1 --batch=192 --pairs=0.5
                                                 # half the questions name their object by two words
+    python lookup.py --min_objects=2 --fill=8 --gap=4 --n_embd=128 --n_head=4 --steps=1200
+                                                # half the width, three times the steps, same minutes
     python lookup.py --help
 
 A sequence is <s>, a scene of 1-4 objects (size, colour, shape, cell; no two with the same colour
@@ -34,9 +36,12 @@ on the answers only.
   tokens, as "Where is the blue star?" does) and ask its size or cell; accuracy is then also
   printed for each kind of key.
 
+--n_embd=W --n_head=H: the model's width and heads (head size W/H; the MLP scales with W), so
+  depth and width can be weighed at the same cost: on a CPU a step costs what the matrices cost.
+
 Accuracy on 256 held-out sequences every `eval_interval` steps. Model: model.py's `tiny` shape
-(4 layers, 256 wide, 8 heads) over a 128-token vocabulary; README's measurements of it used the
-preset of before 2026-12-03, with 2 key/value heads. AdamW, warmup, cosine to a tenth; bf16
+(4 layers, 256 wide, 8 heads) over a 128-token vocabulary unless --n_embd/--n_head say otherwise;
+README's measurements of it used the preset of before 2026-12-03, with 2 key/value heads. AdamW, warmup, cosine to a tenth; bf16
 autocast where the CPU has native bf16, as in the trainers. Measurements: README, "The reading
 ladder".
 """
@@ -62,6 +67,8 @@ class LookupConfig:
     min_objects: int = 1            # fewest objects in a training scene (held-out scenes: 1-4)
     pairs: float = 0.0              # share of questions keyed by colour and shape together
     questions: int = 6              # questions per sequence
+    n_embd: int = 256               # the model's width (the `tiny` preset's)...
+    n_head: int = 8                 # ...and its heads, each with its own key and value
     steps: int = 400
     batch: int = 32
     lr: float = 1e-3
@@ -69,7 +76,7 @@ class LookupConfig:
     seed: int = 0
     eval_interval: int = 100
     CHECKS = dict(objects=("one", "words"), fill="0 <= x <= 40", gap="0 <= x <= 12", curriculum="x >= 0",
-                  min_objects="1 <= x <= 4", pairs="0 <= x <= 1",
+                  min_objects="1 <= x <= 4", pairs="0 <= x <= 1", n_embd="x >= 1", n_head="x >= 1",
                   questions="x >= 1", steps="x >= 1", batch="x >= 1", lr="x > 0", warmup="x >= 0", seed="x >= 0",
                   eval_interval="x >= 1")
 
@@ -164,12 +171,18 @@ def accuracy(model, x, y, paired):
     return share(m), share(m & ~paired), share(m & paired)
 
 
+def build_model(cfg):
+    """The `tiny` LM at --n_embd/--n_head, its MLP scaled with the width (688 at 256)."""
+    return XmodelLM(LMConfig.preset("tiny", vocab_size=VOCAB, max_seq_len=512, n_embd=cfg.n_embd, n_head=cfg.n_head,
+                                    n_kv_head=cfg.n_head, intermediate_size=round(cfg.n_embd * 688 / 256)))
+
+
 def train(cfg):
     """Train on fresh sequences; returns [(step, held-out accuracy %)]."""
     if cfg.empty and cfg.objects != "one":
         raise UserError("--empty=true adds the empty cells as positions of their own: it needs --objects=one")
     torch.manual_seed(cfg.seed)
-    model = XmodelLM(LMConfig.preset("tiny", vocab_size=VOCAB, max_seq_len=512))
+    model = build_model(cfg)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],

@@ -100,3 +100,18 @@ def test_min_objects_bounds_the_training_scenes_only(monkeypatch):
                         real(rng, cfg, n, gap, fewest))
     lookup.train(lookup.LookupConfig(steps=1, batch=2, questions=1, eval_interval=1, min_objects=3))
     assert calls == [1, 3]                                     # held-out at 1-4, the training step at 3-4
+
+
+def test_width_and_heads_shape_the_model():
+    """--n_embd/--n_head set the width, the heads (each with its own key and value) and an MLP that
+    scales with the width; a width the heads do not divide is refused with the reason."""
+    from common import UserError
+    model = lookup.build_model(lookup.LookupConfig(n_embd=64, n_head=2))
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert model.config.head_dim == 32 and model.config.n_layer == 4
+    assert attn.k_proj.weight.shape == attn.q_proj.weight.shape == (64, 64)
+    assert mlp.up_proj.weight.shape == (172, 64)
+    default = lookup.build_model(lookup.LookupConfig())
+    assert default.config.n_embd == 256 and default.model.layers[0].mlp.up_proj.weight.shape == (688, 256)
+    with pytest.raises(UserError, match="divisible"):
+        lookup.build_model(lookup.LookupConfig(n_embd=64, n_head=3))
