@@ -35,9 +35,11 @@ LM's step (forward, backward, AdamW; `batch` x `seq_len`) under bf16 autocast (f
 weights), and a step whose inputs are embeddings of large norm (as visual tokens are) with
 denormal flushing off and on (`torch.set_flush_denormal`). Whether bf16 pays depends on the CPU:
 it prints whether the CPU has native bf16 (AVX512-BF16 or AMX), which is what the trainers check.
-The last row times PyTorch's fused attention alone (forward and backward at the LM's head shape)
-in bf16 against fp32: where bf16 is the slower, as on the 2-core machine, `model.attention`
-computes it in fp32 under autocast too.
+The attention row times PyTorch's fused attention alone (forward and backward at the LM's head
+shape) in bf16 against fp32: where bf16 is the slower, as on the 2-core machine, `model.attention`
+computes it in fp32 under autocast too. The last row is the preset's fp32 step against the same
+model twice as wide (twice the heads and the MLP): the `tiny` preset's width was halved because
+a CPU step costs what its matrices cost.
 
 `kernels`: see kernels/bench.py (the device's copy bandwidth and matmul ceilings first, then
 flash attention TFLOP/s vs SDPA's flash and cuDNN backends and depthwise-conv GB/s vs F.conv2d).
@@ -247,12 +249,12 @@ def bench_cpu(cfg):
     x = torch.randint(0, model.config.vocab_size, (cfg.batch, cfg.seq_len + 1))
     big = torch.randn(cfg.batch, cfg.seq_len, model.config.n_embd) * 15  # visual tokens' norm per unit: ~15
 
-    def step(autocast=nullcontext(), embeds=None):
+    def step(autocast=nullcontext(), embeds=None, net=model, opt=optimizer):
         with autocast:
-            _, loss = (model(x[:, :-1], x[:, 1:]) if embeds is None else model(embeds=embeds, targets=x[:, 1:]))
+            _, loss = (net(x[:, :-1], x[:, 1:]) if embeds is None else net(embeds=embeds, targets=x[:, 1:]))
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
     def flushed():
         torch.set_flush_denormal(True)
@@ -275,6 +277,12 @@ def bench_cpu(cfg):
     def sdpa(dtype):
         torch.nn.functional.scaled_dot_product_attention(*(t.to(dtype) for t in qkv), is_causal=True).sum().backward()
     compare("attention fwd+bwd in bf16 (SDPA)", lambda: sdpa(torch.bfloat16), lambda: sdpa(torch.float32),
+            cfg.repeats, lambda: None, tokens, "tok/s")
+    c = model.config
+    wide = XmodelLM(LMConfig.preset(cfg.preset, max_seq_len=c.max_seq_len, n_embd=2 * c.n_embd, n_head=2 * c.n_head,
+                                    n_kv_head=2 * c.n_kv_head, intermediate_size=2 * c.intermediate_size)).train()
+    wide_optimizer = torch.optim.AdamW(wide.parameters(), lr=1e-4)
+    compare(f"fp32 step, {c.n_embd} wide vs {2 * c.n_embd}", step, lambda: step(net=wide, opt=wide_optimizer),
             cfg.repeats, lambda: None, tokens, "tok/s")
 
 

@@ -61,7 +61,7 @@ class LMConfig:
         presets = {
             # the paper's Xmodel-LM 1.1B: 1,188,136,960 parameters
             "xmodel-1.1b": dict(),
-            # ~1.1M parameters: a minute of CPU training learns the shapes world's English.
+            # ~1.0M parameters: a minute of CPU training learns the shapes world's English.
             # 128 wide, not 256: a CPU step costs what the matrices cost, and at half the width
             # the VLM trains 2.5x the steps a second; 2000 stage-2 steps then beat 1000 of the
             # 256-wide model, in less time (64.9% against 62.2% on one machine: README, "What
