@@ -39,9 +39,10 @@ on the answers only.
 --n_embd=W --n_head=H: the model's width and heads (head size W/H; the MLP scales with W), so
   depth and width can be weighed at the same cost: on a CPU a step costs what the matrices cost.
 
-Accuracy on 256 held-out sequences every `eval_interval` steps. Model: model.py's `tiny` shape
-(4 layers, 256 wide, 8 heads) over a 128-token vocabulary unless --n_embd/--n_head say otherwise;
-README's measurements of it used the preset of before 2026-12-03, with 2 key/value heads. AdamW, warmup, cosine to a tenth; bf16
+Accuracy on 256 held-out sequences every `eval_interval` steps. Model: model.py's `tiny` LM over
+a 128-token vocabulary, by default at its width until 2026-12-07 (4 layers, 256 wide, 8 heads), at
+which README's measurements of it were taken (those before 2026-12-03 with 2 key/value heads);
+`--n_embd=128 --n_head=4` is the `tiny` preset of now. AdamW, warmup, cosine to a tenth; bf16
 autocast where the CPU has native bf16, as in the trainers. Measurements: README, "The reading
 ladder".
 """
@@ -67,8 +68,8 @@ class LookupConfig:
     min_objects: int = 1            # fewest objects in a training scene (held-out scenes: 1-4)
     pairs: float = 0.0              # share of questions keyed by colour and shape together
     questions: int = 6              # questions per sequence
-    n_embd: int = 256               # the model's width (the `tiny` preset's)...
-    n_head: int = 8                 # ...and its heads, each with its own key and value
+    n_embd: int = 256               # the model's width (the `tiny` preset's until 2026-12-07; 128 now)...
+    n_head: int = 8                 # ...and its heads, each with its own key and value (4 now)
     steps: int = 400
     batch: int = 32
     lr: float = 1e-3
