@@ -7,7 +7,7 @@ Speed and memory measurements, side by side in one run (ratios, never absolute a
     python bench.py memory --preset=xmodel-1.1b --gpu_gib=80 --seq_len=4096  # what fits (no GPU needed)
     python bench.py train --preset=xmodel-1.1b --batch=4 --seq_len=4096       # tokens/s, MFU, peak memory
     python bench.py decode --preset=xmodel-1.1b                               # KV-cached tokens/s
-    python bench.py cpu                                                       # CPU: bf16 autocast, denormals
+    python bench.py cpu                                                       # CPU: bf16 autocast, denormals, width
     python bench.py lm --preset=small --batch=4 --seq_len=512
     python bench.py --help
 
