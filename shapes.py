@@ -22,7 +22,8 @@ hexagon) never appear in any training image or text.
                               [{"id", "image", "conversations": [human "<image>\\n...", gpt caption]}]
   instruct.json             stage 2, LLaVA instruct JSON: 4 one-question samples per image (colour,
                               shape, size, count, existence, position, relations), prompted like
-                              LLaVA-1.5's data; plus text-only conversations (no "image" key)
+                              LLaVA-1.5's data, and 2 either-or questions ("Is the star blue or
+                              red?"); plus text-only conversations (no "image" key)
   eval/images/              test_*.png and comp_*.png, the image folder of POPE and GQA
   eval/pope/                llava_pope_test.jsonl (question_id, image, text, category) and
                               coco/coco_pope_{random,popular,adversarial}.json (one JSON per line,
@@ -43,6 +44,7 @@ Image paths in pretrain.json and instruct.json are relative to images/.
 
 import argparse
 import io
+import itertools
 import json
 import math
 import os
@@ -451,10 +453,39 @@ def caption_conversation(scene, rng):
     return [{"from": "human", "value": "<image>\n" + prompt}, {"from": "gpt", "value": describe(scene, rng)}]
 
 
-def instruct_samples(scene, rng, used, n=4):
+def either_or(scene, rng, asked):
+    """A question whose first option is the answer, right after the words that name the object:
+    "Is the star blue or red?", "Is the large red object a star or a circle?", "Is the blue star in
+    the top left or the center?". The object is named by one to three of its other attributes,
+    whichever pick it out in the scene. With the loss on the questions (train_vlm.py), the word
+    after the name is a lookup by that name, as "star" after "Is the blue" is a lookup by colour:
+    without these, nothing in the data follows a shape word or a pair of words with what only the
+    image tells, and the tiny VLM found objects by their colour alone (README, "What the default
+    run reaches"). None where no name of the object leaves the asked attribute out."""
+    objs, others = scene["objects"], [a for a in ("colour", "shape", "size") if a != asked]
+    for o in rng.sample(objs, len(objs)):
+        names = [k for n in (1, 2, 3) for k in itertools.combinations(others, n)
+                 if k != ("size",) and sum(all(p[a] == o[a] for a in k) for p in objs) == 1]
+        if names:
+            break
+    else:
+        return None
+    attrs = rng.choice(names)
+    key = "the " + " ".join([o[a] for a in ("size", "colour") if a in attrs] + [o["shape"] if "shape" in attrs else "object"])
+    truth = o["cell" if asked == "cell" else asked]
+    pair = lambda v: (v if asked == "colour" else o["colour"], v if asked == "shape" else o["shape"])
+    other = rng.choice([v for v in {"colour": list(COLOURS), "shape": SHAPES, "cell": CELLS}[asked]
+                        if v != truth and pair(v) not in HELD_OUT])  # no held-out pair, even as the wrong option
+    q = {"colour": f"Is {key} {truth} or {other}?", "shape": f"Is {key} {article(truth)} or {article(other)}?",
+         "cell": f"Is {key} in the {truth} or the {other}?"}[asked]
+    return [{"from": "human", "value": "<image>\n" + q + SHORT}, {"from": "gpt", "value": truth}]
+
+
+def instruct_samples(scene, rng, used, n=4, lookups=2):
     """Stage-2 samples about one image: n questions of different types, each its own one-turn
     conversation, in the mix of prompt styles of LLaVA-1.5's data: short answers (the GQA/POPE
-    suffix), yes/no (MME's suffix) and lettered multiple choice (ScienceQA's suffix). One question
+    suffix), yes/no (MME's suffix) and lettered multiple choice (ScienceQA's suffix); then
+    `lookups` either-or questions (either_or) asking for different attributes. One question
     a sample, not LLaVA's multi-turn chats: the tiny LM learns to look things up from many short
     samples far sooner than from fewer long ones (README, "The reading ladder"). used: see choose()."""
     samples, mme = [], {"exist": "existence", "count": "count", "relation": "position", "colour": "color"}
@@ -473,7 +504,9 @@ def instruct_samples(scene, rng, used, n=4):
             q, a = ask(scene, qtype, rng, used)
             q += SHORT
         samples.append([{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}])
-    return samples
+    for asked in rng.sample(["colour", "shape", "cell"], lookups):
+        samples.append(either_or(scene, rng, asked))
+    return [t for t in samples if t]
 
 
 # ----- benchmarks, each in its real counterpart's file format -------------------

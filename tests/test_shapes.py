@@ -92,6 +92,11 @@ def yes(b):
     return "yes" if b else "no"
 
 
+def either(truth, first, second):
+    """An either-or question (shapes.either_or): the answer is the first option, never the second."""
+    return truth if first == truth != second else None
+
+
 def oracle(scene, question):
     """The answer to a generated question, computed from the scene; None if not understood."""
     q = question.replace("<image>\n", "").split("\n")[0].replace(" Please answer yes or no.", "")
@@ -107,6 +112,9 @@ def oracle(scene, question):
         (r"Is the (\w+ \w+) (left of|right of|above|below) the (\w+ \w+)\?",
          lambda m: yes(relation(the(scene, m[1]), m[2], the(scene, m[3])))),
         (r"Is the (\w+ \w+) in the (.+) of this image\?", lambda m: yes(the(scene, m[1])["cell"] == m[2])),
+        (r"Is (the .+?) in the (.+) or the (.+)\?", lambda m: either(the(scene, m[1])["cell"], m[2], m[3])),
+        (r"Is (the .+?) an? (\w+) or an? (\w+)\?", lambda m: either(the(scene, m[1])["shape"], m[2], m[3])),
+        (r"Is (the .+) (\w+) or (\w+)\?", lambda m: either(the(scene, m[1])["colour"], m[2], m[3])),
         (r"Is (the .+) (\w+)\?", lambda m: yes(the(scene, m[1])["colour"] == m[2])),
     ]
     for pattern, answer in rules:
@@ -225,6 +233,27 @@ def test_every_training_answer_agrees_with_the_scene(world):
                 assert caption_objects(a) == scene_objects(s), (e["id"], a)
             n_turns += 1
     assert n_turns > 300
+
+
+def test_either_or_names_one_object_without_the_asked_attribute(world):
+    """Each image gets two either-or questions asking different attributes; the name picks out one
+    object and does not say the asked attribute; the answer (the first option) is the oracle's."""
+    by_image = {s["image"]: s for s in scenes(world, "train")}
+    asked = defaultdict(list)
+    for e in read_json(os.path.join(world, "instruct.json")):
+        q = e.get("conversations", [{}])[0].get("value", "")
+        m = re.fullmatch(r"<image>\nIs (the .+?) (?:in the (.+) or the .+|an? (\w+) or an? \w+|(\w+) or \w+)\?" +
+                         re.escape(scorers.SHORT), q)
+        if not m or " large or small" in q:
+            continue
+        s, kind = by_image["images/" + e["image"]], "cell" if m[2] else "shape" if m[3] else "colour"
+        o = the(s, m[1])
+        assert o[kind] not in m[1].split(), q  # the name leaves the asked attribute out
+        assert e["conversations"][1]["value"] == (m[2] or m[3] or m[4]) == o[kind], q
+        asked[e["image"]].append(kind)
+    assert len(asked) > 0.9 * len(by_image)
+    assert all(len(k) == len(set(k)) <= 2 for k in asked.values())
+    assert Counter(k for ks in asked.values() for k in ks).keys() == {"colour", "shape", "cell"}
 
 
 # ----- held out means held out -----------------------------------------------------------
@@ -395,7 +424,8 @@ def test_question_types_and_answers_are_balanced():
     vocab.update({letter: "letter" for letter in "ABCD"})
     instruct, used = defaultdict(list), Counter()
     for i, s in enumerate(scenes_):
-        for turns in shapes.instruct_samples(s, shapes.scene_rng(0, "instruct", i), used):
+        for turns in shapes.instruct_samples(s, shapes.scene_rng(0, "instruct", i), used, lookups=0):  # either-or
+            # answers follow the scenes, not the balance (the first option is the answer: tested above)
             turn = turns[1]
             if turn["value"] in vocab:
                 instruct[vocab[turn["value"]]].append(turn["value"])
