@@ -80,7 +80,7 @@ class VLMConfig:
                                     # with it frozen stage 1 taught nothing (image use -0.1%; +119% with it)
     lr2: float = 1e-3               # the tiny LM needs a larger step than the paper's 1.1B
     batch2: int = 96                # one-question samples: 96 a step (the paper's 32 chats hold several questions)
-    steps2: int = 2000              # 0 = one epoch (843 here); the 128-wide tiny LM takes 2000 in the time the
+    steps2: int = 2000              # 0 = one epoch (1241 here); the 128-wide tiny LM takes 2000 in the time the
                                     # 256-wide one took 1000, and learns more from them (--long: 4500)
     micro_batch: int = 16           # samples per forward/backward per process
     checkpointing: bool = False     # activation checkpointing of the LM's blocks (less memory, one more forward)
