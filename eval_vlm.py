@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -207,9 +208,21 @@ def gqa_truth(world):
                           "testdev_balanced_questions.json"))
 
 
+def key_attributes(question):
+    """How many attributes name the object in a colour or shape question, read from shapes.ref()'s
+    phrase: 1 for 'the star' or 'the red object', 2 for 'the large star', 'the small red object' or
+    'the star in the top left' (when one attribute does not pick the object out); None for other
+    questions. The held-out report splits colour and shape questions by it."""
+    m = re.match(r"What (?:colour|shape) is (the .+?)\?|What is the (?:colour|shape) of (the .+?)\?", question)
+    if not m:
+        return None
+    words = (m.group(1) or m.group(2)).split()
+    return 1 + (words[1] in shapes.SIZES) + (" in the " in " ".join(words))
+
+
 def per_key(answers_path, world):
     """Accuracy (%) of the colour and shape questions by how many attributes name their object
-    (shapes.key_attributes: 'the star' 1, 'the large star' 2): {type: {"1": {"accuracy", "n"}, "2": ...}}.
+    (key_attributes: 'the star' 1, 'the large star' 2): {type: {"1": {"accuracy", "n"}, "2": ...}}.
     The tiny VLM finds an object by its colour word and by little else (README, "Where the lookup fails")."""
     truth, right = gqa_truth(world), defaultdict(lambda: defaultdict(list))
     for a in read_answers(answers_path):
@@ -217,7 +230,7 @@ def per_key(answers_path, world):
             raise ScoreError(f"{at(a)}: question {a.get('question_id')!r} is not in the world's GQA-style "
                              f"question file; are these answers to {world}'s held-out set?")
         q = truth[str(a["question_id"])]
-        k = shapes.key_attributes(q["question"])
+        k = key_attributes(q["question"])
         if k:
             right[q["types"]["detailed"]][str(k)].append(gqa_right(a["text"], q["answer"]))
     return {t: {k: {"accuracy": 100 * sum(v) / len(v), "n": len(v)} for k, v in sorted(ks.items())}

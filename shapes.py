@@ -49,7 +49,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 from collections import Counter
 from multiprocessing import Pool
@@ -187,25 +186,6 @@ def scene_record(scene, size):
     return {**scene, "objects": objects}
 
 
-def cell_features(scene, grid=3):
-    """Perfect visual features of a scene, from its ground truth: for each patch of a grid x grid
-    tower (row-major), one-hot colour (6), shape (5) and size (2) of the object whose cell holds
-    the patch, whether there is one (1), and one-hot patch row and column (grid + grid). The
-    oracle tower (vision.OracleTower) feeds these to the VLM instead of CLIP's features, to
-    measure what the LM makes of visual tokens that hold every answer. A list of lists."""
-    colours, width = list(COLOURS), 6 + 5 + 2 + 1 + 2 * grid
-    rows = []
-    for p in range(grid * grid):
-        r, c = divmod(p, grid)
-        f = [0.0] * width
-        f[14 + r] = f[14 + grid + c] = 1.0
-        for o in scene["objects"]:
-            if (r * 3 // grid, c * 3 // grid) == (o["row"], o["col"]):  # the 3x3 cell this patch lies in
-                f[colours.index(o["colour"])] = f[6 + SHAPES.index(o["shape"])] = 1.0
-                f[11 + SIZES.index(o["size"])] = f[13] = 1.0
-        rows.append(f)
-    return rows
-
 
 # ----- words -------------------------------------------------------------------
 
@@ -243,17 +223,6 @@ def ref(o, objects, hide):
         return f"the {o['size']} {noun}"
     return f"the {noun} in the {o['cell']}"
 
-
-def key_attributes(question):
-    """How many attributes name the object in a colour or shape question, read from ref()'s
-    phrase: 1 for 'the star' or 'the red object', 2 for 'the large star', 'the small red object' or
-    'the star in the top left' (when one attribute does not pick the object out); None for other
-    questions. The held-out report splits colour and shape questions by it."""
-    m = re.match(r"What (?:colour|shape) is (the .+?)\?|What is the (?:colour|shape) of (the .+?)\?", question)
-    if not m:
-        return None
-    words = (m.group(1) or m.group(2)).split()
-    return 1 + (words[1] in SIZES) + (" in the " in " ".join(words))
 
 
 def count_noun(scene, k):
@@ -454,14 +423,10 @@ def caption_conversation(scene, rng):
 
 
 def either_or(scene, rng, asked):
-    """A question whose first option is the answer, right after the words that name the object:
-    "Is the star blue or red?", "Is the large red object a star or a circle?", "Is the blue star in
-    the top left or the center?". The object is named by one to three of its other attributes,
-    whichever pick it out in the scene. With the loss on the questions (train_vlm.py), the word
-    after the name is a lookup by that name, as "star" after "Is the blue" is a lookup by colour:
-    without these, nothing in the data follows a shape word or a pair of words with what only the
-    image tells, and the tiny VLM found objects by their colour alone (README, "What the default
-    run reaches"). None where no name of the object leaves the asked attribute out."""
+    """"Is the star blue or red?", "Is the large red object a star or a circle?": the answer first,
+    right after a name of 1-3 of the object's other attributes that picks it out (None if none does).
+    With the loss on the questions the word after any name is then a lookup by it, as "star" after
+    "Is the blue" is one by colour (README, "What the default run reaches")."""
     objs, others = scene["objects"], [a for a in ("colour", "shape", "size") if a != asked]
     for o in rng.sample(objs, len(objs)):
         names = [k for n in (1, 2, 3) for k in itertools.combinations(others, n)

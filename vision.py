@@ -275,8 +275,28 @@ def vision_state_dict(state):
 # -----------------------------------------------------------------------------
 # The oracle tower: a diagnostic for the shapes world (train_vlm.py --oracle=true)
 
+def cell_features(scene, grid=3):
+    """Perfect visual features of a scene, from its ground truth: for each patch of a grid x grid
+    tower (row-major), one-hot colour (6), shape (5) and size (2) of the object whose cell holds
+    the patch, whether there is one (1), and one-hot patch row and column (grid + grid). The
+    oracle tower (OracleTower) feeds these to the VLM instead of CLIP's features, to
+    measure what the LM makes of visual tokens that hold every answer. A list of lists."""
+    colours, width = list(shapes.COLOURS), 6 + 5 + 2 + 1 + 2 * grid
+    rows = []
+    for p in range(grid * grid):
+        r, c = divmod(p, grid)
+        f = [0.0] * width
+        f[14 + r] = f[14 + grid + c] = 1.0
+        for o in scene["objects"]:
+            if (r * 3 // grid, c * 3 // grid) == (o["row"], o["col"]):  # the 3x3 cell this patch lies in
+                f[colours.index(o["colour"])] = f[6 + shapes.SHAPES.index(o["shape"])] = 1.0
+                f[11 + shapes.SIZES.index(o["size"])] = f[13] = 1.0
+        rows.append(f)
+    return rows
+
+
 class OracleTower(nn.Module):
-    """Stands in for the CLIP tower with perfect features (shapes.cell_features): it recognises
+    """Stands in for the CLIP tower with perfect features (cell_features): it recognises
     each preprocessed image of a shapes world by its exact pixels and returns that scene's
     ground truth, scaled to `norm` per patch (the tiny CLIP's features have a norm of about 15;
     at norm 1 the LM ignores them). With it the VLM's score measures the LM and the projector
@@ -295,7 +315,7 @@ class OracleTower(nn.Module):
             with open(path) as f:
                 for line in f:
                     scene = json.loads(line)
-                    features = torch.tensor(shapes.cell_features(scene, grid))
+                    features = torch.tensor(cell_features(scene, grid))
                     pixels = processor(os.path.join(world, scene["image"]))
                     self.table[self.key(pixels)] = features * norm / features.norm(dim=-1, keepdim=True)
 

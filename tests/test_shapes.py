@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 import data
+import eval_vlm
 import scorers
 import shapes
 
@@ -463,14 +464,14 @@ def test_render_any_size_and_reject_bad_ones(tmp_path):
 
 
 def test_key_attributes_counts_what_names_the_object(world):
-    """shapes.key_attributes, checked against the scenes: a colour question names its object by
+    """eval_vlm.key_attributes, checked against the scenes: a colour question names its object by
     shape alone when no other object in the scene has that shape (a shape question: by colour),
     and by two attributes otherwise; other questions get None."""
     scenes = {s["id"]: s for s in read_jsonl(os.path.join(world, "scenes_test.jsonl"))}
     questions = read_json(os.path.join(world, "eval", "gqa", "testdev_balanced_questions.json"))
     seen = Counter()
     for q in questions.values():
-        kind, k = q["types"]["detailed"], shapes.key_attributes(q["question"])
+        kind, k = q["types"]["detailed"], eval_vlm.key_attributes(q["question"])
         if kind not in ("colour", "shape"):
             assert k is None, q["question"]
             continue
@@ -481,4 +482,4 @@ def test_key_attributes_counts_what_names_the_object(world):
         assert k == (1 if sharing == 1 else 2), (q["question"], objs)
         seen[k] += 1
     assert seen[1] and seen[2]
-    assert shapes.key_attributes("What is the colour of the small star?\nAnswer the question using a single word.") == 2
+    assert eval_vlm.key_attributes("What is the colour of the small star?\nAnswer the question using a single word.") == 2
