@@ -436,7 +436,8 @@ def either_or(scene, rng, asked):
     else:
         return None
     attrs = rng.choice(names)
-    key = "the " + " ".join([o[a] for a in ("size", "colour") if a in attrs] + [o["shape"] if "shape" in attrs else "object"])
+    words = [o[a] for a in ("size", "colour") if a in attrs] + [o["shape"] if "shape" in attrs else "object"]
+    key = "the " + " ".join(words)
     truth = o["cell" if asked == "cell" else asked]
     pair = lambda v: (v if asked == "colour" else o["colour"], v if asked == "shape" else o["shape"])
     other = rng.choice([v for v in {"colour": list(COLOURS), "shape": SHAPES, "cell": CELLS}[asked]
