@@ -426,7 +426,8 @@ def either_or(scene, rng, asked):
     """"Is the star blue or red?", "Is the large red object a star or a circle?": the answer first,
     right after a name of 1-3 of the object's other attributes that picks it out (None if none does).
     With the loss on the questions the word after any name is then a lookup by it, as "star" after
-    "Is the blue" is one by colour (README, "What the default run reaches")."""
+    "Is the blue" is one by colour (README, "What the default run reaches"). asked: colour or shape
+    (either-or questions on the cell cost position questions 13 points: README, same section)."""
     objs, others = scene["objects"], [a for a in ("colour", "shape", "size") if a != asked]
     for o in rng.sample(objs, len(objs)):
         names = [k for n in (1, 2, 3) for k in itertools.combinations(others, n)
@@ -438,12 +439,11 @@ def either_or(scene, rng, asked):
     attrs = rng.choice(names)
     words = [o[a] for a in ("size", "colour") if a in attrs] + [o["shape"] if "shape" in attrs else "object"]
     key = "the " + " ".join(words)
-    truth = o["cell" if asked == "cell" else asked]
+    truth = o[asked]
     pair = lambda v: (v if asked == "colour" else o["colour"], v if asked == "shape" else o["shape"])
-    other = rng.choice([v for v in {"colour": list(COLOURS), "shape": SHAPES, "cell": CELLS}[asked]
+    other = rng.choice([v for v in (COLOURS if asked == "colour" else SHAPES)
                         if v != truth and pair(v) not in HELD_OUT])  # no held-out pair, even as the wrong option
-    q = {"colour": f"Is {key} {truth} or {other}?", "shape": f"Is {key} {article(truth)} or {article(other)}?",
-         "cell": f"Is {key} in the {truth} or the {other}?"}[asked]
+    q = f"Is {key} {truth} or {other}?" if asked == "colour" else f"Is {key} {article(truth)} or {article(other)}?"
     return [{"from": "human", "value": "<image>\n" + q + SHORT}, {"from": "gpt", "value": truth}]
 
 
@@ -451,8 +451,8 @@ def instruct_samples(scene, rng, used, n=4, lookups=2):
     """Stage-2 samples about one image: n questions of different types, each its own one-turn
     conversation, in the mix of prompt styles of LLaVA-1.5's data: short answers (the GQA/POPE
     suffix), yes/no (MME's suffix) and lettered multiple choice (ScienceQA's suffix); then
-    `lookups` either-or questions (either_or) asking for different attributes. One question
-    a sample, not LLaVA's multi-turn chats: the tiny LM learns to look things up from many short
+    `lookups` (0-2) either-or questions (either_or), on the colour and the shape. One question a
+    sample, not LLaVA's multi-turn chats: the tiny LM learns to look things up from many short
     samples far sooner than from fewer long ones (README, "The reading ladder"). used: see choose()."""
     samples, mme = [], {"exist": "existence", "count": "count", "relation": "position", "colour": "color"}
     kinds = available_types(scene)
@@ -470,7 +470,7 @@ def instruct_samples(scene, rng, used, n=4, lookups=2):
             q, a = ask(scene, qtype, rng, used)
             q += SHORT
         samples.append([{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}])
-    for asked in rng.sample(["colour", "shape", "cell"], lookups):
+    for asked in rng.sample(["colour", "shape"], lookups):
         samples.append(either_or(scene, rng, asked))
     return [t for t in samples if t]
 

@@ -113,7 +113,6 @@ def oracle(scene, question):
         (r"Is the (\w+ \w+) (left of|right of|above|below) the (\w+ \w+)\?",
          lambda m: yes(relation(the(scene, m[1]), m[2], the(scene, m[3])))),
         (r"Is the (\w+ \w+) in the (.+) of this image\?", lambda m: yes(the(scene, m[1])["cell"] == m[2])),
-        (r"Is (the .+?) in the (.+) or the (.+)\?", lambda m: either(the(scene, m[1])["cell"], m[2], m[3])),
         (r"Is (the .+?) an? (\w+) or an? (\w+)\?", lambda m: either(the(scene, m[1])["shape"], m[2], m[3])),
         (r"Is (the .+) (\w+) or (\w+)\?", lambda m: either(the(scene, m[1])["colour"], m[2], m[3])),
         (r"Is (the .+) (\w+)\?", lambda m: yes(the(scene, m[1])["colour"] == m[2])),
@@ -243,18 +242,17 @@ def test_either_or_names_one_object_without_the_asked_attribute(world):
     asked = defaultdict(list)
     for e in read_json(os.path.join(world, "instruct.json")):
         q = e.get("conversations", [{}])[0].get("value", "")
-        m = re.fullmatch(r"<image>\nIs (the .+?) (?:in the (.+) or the .+|an? (\w+) or an? \w+|(\w+) or \w+)\?" +
-                         re.escape(scorers.SHORT), q)
+        m = re.fullmatch(r"<image>\nIs (the .+?) (?:an? (\w+) or an? \w+|(\w+) or \w+)\?" + re.escape(scorers.SHORT), q)
         if not m or " large or small" in q:
             continue
-        s, kind = by_image["images/" + e["image"]], "cell" if m[2] else "shape" if m[3] else "colour"
+        s, kind = by_image["images/" + e["image"]], "shape" if m[2] else "colour"
         o = the(s, m[1])
         assert o[kind] not in m[1].split(), q  # the name leaves the asked attribute out
-        assert e["conversations"][1]["value"] == (m[2] or m[3] or m[4]) == o[kind], q
+        assert e["conversations"][1]["value"] == (m[2] or m[3]) == o[kind], q
         asked[e["image"]].append(kind)
     assert len(asked) > 0.9 * len(by_image)
     assert all(len(k) == len(set(k)) <= 2 for k in asked.values())
-    assert Counter(k for ks in asked.values() for k in ks).keys() == {"colour", "shape", "cell"}
+    assert Counter(k for ks in asked.values() for k in ks).keys() == {"colour", "shape"}
 
 
 # ----- held out means held out -----------------------------------------------------------
