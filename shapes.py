@@ -186,7 +186,6 @@ def scene_record(scene, size):
     return {**scene, "objects": objects}
 
 
-
 # ----- words -------------------------------------------------------------------
 
 def article(phrase):
@@ -222,7 +221,6 @@ def ref(o, objects, hide):
     if sum(p["size"] == o["size"] for p in same) == 1:
         return f"the {o['size']} {noun}"
     return f"the {noun} in the {o['cell']}"
-
 
 
 def count_noun(scene, k):
@@ -428,6 +426,8 @@ def either_or(scene, rng, asked):
     With the loss on the questions the word after any name is then a lookup by it, as "star" after
     "Is the blue" is one by colour (README, "What the default run reaches"). asked: colour or shape
     (either-or questions on the cell cost position questions 13 points: README, same section)."""
+    if asked not in ("colour", "shape"):
+        raise ValueError(f"either_or asks for the colour or the shape, not {asked!r}")
     objs, others = scene["objects"], [a for a in ("colour", "shape", "size") if a != asked]
     for o in rng.sample(objs, len(objs)):
         names = [k for n in (1, 2, 3) for k in itertools.combinations(others, n)

@@ -253,6 +253,8 @@ def test_either_or_names_one_object_without_the_asked_attribute(world):
     assert len(asked) > 0.9 * len(by_image)
     assert all(len(k) == len(set(k)) <= 2 for k in asked.values())
     assert Counter(k for ks in asked.values() for k in ks).keys() == {"colour", "shape"}
+    with pytest.raises(ValueError, match="colour or the shape"):
+        shapes.either_or(scenes(world, "train")[0], shapes.scene_rng(0, "instruct", 0), "cell")
 
 
 # ----- held out means held out -----------------------------------------------------------
