@@ -23,7 +23,8 @@ hexagon) never appear in any training image or text.
   instruct.json             stage 2, LLaVA instruct JSON: 4 one-question samples per image (colour,
                               shape, size, count, existence, position, relations), prompted like
                               LLaVA-1.5's data, and 2 either-or questions ("Is the star blue or
-                              red?"); plus text-only conversations (no "image" key)
+                              red?"); plus text-only conversations (no "image" key). Relation
+                              questions carry "after": 0.75 (stage 2 reads them in its last quarter)
   eval/images/              test_*.png and comp_*.png, the image folder of POPE and GQA
   eval/pope/                llava_pope_test.jsonl (question_id, image, text, category) and
                               coco/coco_pope_{random,popular,adversarial}.json (one JSON per line,
@@ -90,6 +91,10 @@ ANSWERS = {"colour": list(COLOURS), "shape": SHAPES, "size": SIZES, "count": lis
 MC_TYPES = ["colour", "shape", "count", "position"]  # types asked as 4-way multiple choice
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+# Stage 2 reads relation questions only after this share of its steps (the "after" key of their
+# samples: train_vlm.sample_order). Asked from the start, they hold back the lookups they need;
+# asked once lookups form, they are learned (README, "What the default run reaches").
+RELATIONS_AFTER = 0.75
 NUMBER_WORDS = ["no", "one", "two", "three", "four"]
 # Questions end with the prompt suffixes of LLaVA-1.5's data and benchmark files, verbatim
 # (SHORT, YESNO, CHOICE: scorers.py), and chats use the Vicuna v1 system prompt (data.py).
@@ -453,7 +458,8 @@ def instruct_samples(scene, rng, used, n=4, lookups=2):
     suffix), yes/no (MME's suffix) and lettered multiple choice (ScienceQA's suffix); then
     `lookups` (0-2) either-or questions (either_or), on the colour and the shape. One question a
     sample, not LLaVA's multi-turn chats: the tiny LM learns to look things up from many short
-    samples far sooner than from fewer long ones (README, "The reading ladder"). used: see choose()."""
+    samples far sooner than from fewer long ones (README, "The reading ladder"). used: see choose().
+    Returns LLaVA samples without id and image: {"conversations"}, and "after" on relation questions."""
     samples, mme = [], {"exist": "existence", "count": "count", "relation": "position", "colour": "color"}
     kinds = available_types(scene)
     for qtype in rng.sample(kinds, min(n, len(kinds))):
@@ -469,10 +475,12 @@ def instruct_samples(scene, rng, used, n=4, lookups=2):
         else:
             q, a = ask(scene, qtype, rng, used)
             q += SHORT
-        samples.append([{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}])
+        samples.append({"conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}],
+                        **({"after": RELATIONS_AFTER} if qtype == "relation" else {})})
     for asked in rng.sample(["colour", "shape"], lookups):
-        samples.append(either_or(scene, rng, asked))
-    return [t for t in samples if t]
+        turns = either_or(scene, rng, asked)
+        samples += [{"conversations": turns}] if turns else []
+    return samples
 
 
 # ----- benchmarks, each in its real counterpart's file format -------------------
@@ -693,9 +701,9 @@ def generate_shapes_world(out_dir, size=64, n_train=20000, n_test=500, n_comp=30
                  "conversations": caption_conversation(s, scene_rng(seed, "caption", i))}
                 for i, s in enumerate(train)]
     used = Counter()
-    instruct = [{"id": f"{s['id']}_q{k}", "image": image[s["id"]], "conversations": turns}
+    instruct = [{"id": f"{s['id']}_q{k}", "image": image[s["id"]], **sample}
                 for i, s in enumerate(train)
-                for k, turns in enumerate(instruct_samples(s, scene_rng(seed, "instruct", i), used))]
+                for k, sample in enumerate(instruct_samples(s, scene_rng(seed, "instruct", i), used))]
     instruct += [{"id": f"text_{i:06d}", "conversations": text_only_conversation(scene_rng(seed, "text", i))}
                  for i in range(max(1, n_train // 20))]
     scene_rng(seed, "instruct_order", 0).shuffle(instruct)  # mixed, like LLaVA's data

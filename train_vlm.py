@@ -174,11 +174,38 @@ def stage_settings(cfg, stage, n_samples, world):
                            beta1=0.9, beta2=0.999, eps=1e-8)
 
 
-def sample_order(n, total, seed):
+def sample_order(n, total, seed, after=None):
     """The order in which a stage reads its n samples: a new shuffle for each epoch, as many
-    epochs as `total` samples need (more steps than one epoch reads each sample again)."""
+    epochs as `total` samples need (more steps than one epoch reads each sample again).
+    after[i], a curriculum (None: all 0), is the share of the `total` read before sample i may
+    come; at each such point the samples allowed so far are shuffled anew."""
     rng = np.random.default_rng(seed)
-    return np.concatenate([rng.permutation(n) for _ in range(-(-total // n))])
+    after = np.zeros(n) if after is None else np.asarray(after, dtype=float)
+    starts = sorted(set(after.tolist()))
+    parts = []
+    for start, end in zip(starts, starts[1:] + [None]):
+        allowed = np.flatnonzero(after <= start)
+        length = (total if end is None else round(end * total)) - round(start * total)
+        phase = np.concatenate([rng.permutation(allowed) for _ in range(-(-length // len(allowed)))])
+        parts.append(phase if end is None else phase[:length])  # the last phase ends on whole epochs
+    return np.concatenate(parts)
+
+
+def curriculum(dataset):
+    """Each sample's optional "after" (see sample_order), checked: a number in [0, 1), with at
+    least one sample free to come first. shapes.py sets it on relation questions (README, "What
+    the default run reaches"); other LLaVA files have none and are read in plain shuffles."""
+    after = []
+    for i, sample in enumerate(dataset.samples):
+        a = sample.get("after", 0) if isinstance(sample, dict) else 0
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a < 1:
+            raise UserError(f"{dataset.path}: sample {i} (id {dataset.sample_id(i)}): \"after\" must be a number "
+                            f"in [0, 1), the share of the stage read before the sample may come; got {a!r}")
+        after.append(a)
+    if after and min(after) > 0:
+        raise UserError(f"{dataset.path}: every sample has \"after\" > 0, so none may come first; give the "
+                        f"samples to start with \"after\": 0 (or none)")
+    return after
 
 
 def step_batches(order, lengths, start, steps, s, cfg, rank, world):
@@ -215,7 +242,7 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
                                 system=model.system)
     check_data(dataset, stage, master)
     s = stage_settings(cfg, stage, len(dataset), world)
-    order = sample_order(len(dataset), s.max_steps * s.batch, [cfg.seed, stage])
+    order = sample_order(len(dataset), s.max_steps * s.batch, [cfg.seed, stage], curriculum(dataset))
     lengths = np.array([len(json.dumps(sample)) for sample in dataset.samples])  # characters: a proxy for tokens
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=list(step_batches(order, lengths, start_step, s.max_steps, s, cfg, rank, world)),

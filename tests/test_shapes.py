@@ -257,6 +257,18 @@ def test_either_or_names_one_object_without_the_asked_attribute(world):
         shapes.either_or(scenes(world, "train")[0], shapes.scene_rng(0, "instruct", 0), "cell")
 
 
+def test_relation_questions_and_only_they_wait_for_the_last_part_of_stage_2(world):
+    """instruct.json marks each question comparing two objects' places ("Is the red star left of
+    the blue circle?", read off the text here) with "after" = RELATIONS_AFTER, and nothing else."""
+    relation = re.compile(r"<image>\nIs the \w+ \w+ (left of|right of|above|below) the \w+ \w+\?")
+    marked = Counter()
+    for e in read_json(os.path.join(world, "instruct.json")):
+        is_relation = "image" in e and bool(relation.match(e["conversations"][0]["value"]))
+        assert e.get("after", 0) == (shapes.RELATIONS_AFTER if is_relation else 0), e
+        marked[is_relation] += 1
+    assert 0 < shapes.RELATIONS_AFTER < 1 and marked[True] > 20 and marked[False] > marked[True]
+
+
 # ----- held out means held out -----------------------------------------------------------
 
 def test_no_test_scene_in_training_and_held_out_pairs_unseen(world):
@@ -425,9 +437,9 @@ def test_question_types_and_answers_are_balanced():
     vocab.update({letter: "letter" for letter in "ABCD"})
     instruct, used = defaultdict(list), Counter()
     for i, s in enumerate(scenes_):
-        for turns in shapes.instruct_samples(s, shapes.scene_rng(0, "instruct", i), used, lookups=0):  # either-or
+        for sample in shapes.instruct_samples(s, shapes.scene_rng(0, "instruct", i), used, lookups=0):  # either-or
             # answers follow the scenes, not the balance (the first option is the answer: tested above)
-            turn = turns[1]
+            turn = sample["conversations"][1]
             if turn["value"] in vocab:
                 instruct[vocab[turn["value"]]].append(turn["value"])
     assert_balanced(instruct, {**shapes.ANSWERS, "letter": list("ABCD")})

@@ -450,6 +450,29 @@ def test_more_steps_than_an_epoch_reshuffle_instead_of_running_out():
     assert len(batches) == 12 and all(len(b) == 2 for b in batches)
 
 
+def test_a_curriculum_holds_samples_back_until_their_share_of_the_stage():
+    after = [0, 0, 0, 0.5, 0.5, 0.75, 0, 0, 0, 0]                       # samples 3, 4 and 5 wait
+    order = train_vlm.sample_order(10, 40, [1337, 2], after)
+    assert len(order) == 40
+    assert set(order[:20]) == {0, 1, 2, 6, 7, 8, 9}                      # the first half: only the 7 free ones
+    assert set(order[20:30]) <= set(range(5)) | {6, 7, 8, 9} and {3, 4} <= set(order[20:30])
+    assert sorted(order[30:]) == list(range(10))                          # the last quarter: one epoch of all
+    assert (train_vlm.sample_order(10, 40, [1337, 2], [0] * 10) == train_vlm.sample_order(10, 40, [1337, 2])).all()
+
+
+@pytest.mark.parametrize("value, message", [(1.0, r"must be a number in \[0, 1\).*got 1.0"),
+                                            ("0.5", r"sample 1 \(id b\).*got '0.5'"),
+                                            (True, "got True"), (None, "got None")])
+def test_a_bad_curriculum_value_names_its_sample(value, message):
+    dataset = SimpleNamespace(path="x.json", samples=[{"id": "a"}, {"id": "b", "after": value}],
+                              sample_id=lambda i: "ab"[i])
+    with pytest.raises(UserError, match=message):
+        train_vlm.curriculum(dataset)
+    late = SimpleNamespace(path="x.json", samples=[{"id": "a", "after": 0.5}], sample_id=lambda i: "a")
+    with pytest.raises(UserError, match="none may come first"):
+        train_vlm.curriculum(late)
+
+
 def test_oracle_tower_returns_each_scenes_ground_truth(world):
     tower = OracleTower(str(world / "shapes"))
     scene = json.loads((world / "shapes" / "scenes_test.jsonl").read_text().splitlines()[0])
