@@ -15,16 +15,15 @@ hexagon) never appear in any training image or text.
   scenes_train.jsonl        ground truth, one scene per line: "image" path, "objects" (shape, colour,
   scenes_test.jsonl           size, cell, row, col, rgb, center/radius as fractions of the side,
   scenes_compositional.jsonl  center_px, bbox_px), "background", "count" (the scene's count plan)
-  images/NNN/train_*.png    training images, 1000 per folder; used by both stages
+  images/NNN/train_*.png    training images, 1000 per folder; the JSON files' image paths are relative to images/
   corpus/train.txt          LM pretraining text (--corpus_mb): descriptions, relations, counts and
   corpus/val.txt              question-answer prose; one document per paragraph, blank line between
   pretrain.json             stage 1, LLaVA pretrain JSON: one caption per training image
                               [{"id", "image", "conversations": [human "<image>\\n...", gpt caption]}]
   instruct.json             stage 2, LLaVA instruct JSON: 4 one-question samples per image (colour,
-                              shape, size, count, existence, position, relations), prompted like
-                              LLaVA-1.5's data, and 2 either-or questions ("Is the star blue or
-                              red?"); plus text-only conversations (no "image" key). Relation
-                              questions carry "after": 0.75 (stage 2 reads them in its last quarter)
+                              shape, size, count, existence, position, relations, these with
+                              "after": 0.75), prompted like LLaVA-1.5's data, 2 either-or questions
+                              ("Is the star blue or red?"); text-only conversations (no "image" key)
   eval/images/              test_*.png and comp_*.png, the image folder of POPE and GQA
   eval/pope/                llava_pope_test.jsonl (question_id, image, text, category) and
                               coco/coco_pope_{random,popular,adversarial}.json (one JSON per line,
@@ -39,8 +38,6 @@ hexagon) never appear in any training image or text.
   eval/mme/                 llava_mme.jsonl and MME_Benchmark_release_version/SUBTASK/ID.png + ID.txt
                               (lines question<TAB>Yes|No, one Yes and one No per image) for the
                               subtasks existence, count, position, color
-
-Image paths in pretrain.json and instruct.json are relative to images/.
 """
 
 import argparse
@@ -91,9 +88,8 @@ ANSWERS = {"colour": list(COLOURS), "shape": SHAPES, "size": SIZES, "count": lis
 MC_TYPES = ["colour", "shape", "count", "position"]  # types asked as 4-way multiple choice
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
-# Stage 2 reads relation questions only after this share of its steps (the "after" key of their
-# samples: train_vlm.sample_order). Asked from the start, they hold back the lookups they need;
-# asked once lookups form, they are learned (README, "What the default run reaches").
+# The "after" of relation questions: stage 2 reads them after this share of its steps (train_vlm.sample_order);
+# from the start they hold back the lookups they need (README, "What the default run reaches").
 RELATIONS_AFTER = 0.75
 NUMBER_WORDS = ["no", "one", "two", "three", "four"]
 # Questions end with the prompt suffixes of LLaVA-1.5's data and benchmark files, verbatim
@@ -458,8 +454,7 @@ def instruct_samples(scene, rng, used, n=4, lookups=2):
     suffix), yes/no (MME's suffix) and lettered multiple choice (ScienceQA's suffix); then
     `lookups` (0-2) either-or questions (either_or), on the colour and the shape. One question a
     sample, not LLaVA's multi-turn chats: the tiny LM learns to look things up from many short
-    samples far sooner than from fewer long ones (README, "The reading ladder"). used: see choose().
-    Returns LLaVA samples without id and image: {"conversations"}, and "after" on relation questions."""
+    samples far sooner than from fewer long ones (README, "The reading ladder"). used: see choose()."""
     samples, mme = [], {"exist": "existence", "count": "count", "relation": "position", "colour": "color"}
     kinds = available_types(scene)
     for qtype in rng.sample(kinds, min(n, len(kinds))):
@@ -477,10 +472,8 @@ def instruct_samples(scene, rng, used, n=4, lookups=2):
             q += SHORT
         samples.append({"conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}],
                         **({"after": RELATIONS_AFTER} if qtype == "relation" else {})})
-    for asked in rng.sample(["colour", "shape"], lookups):
-        turns = either_or(scene, rng, asked)
-        samples += [{"conversations": turns}] if turns else []
-    return samples
+    lookup_turns = [either_or(scene, rng, asked) for asked in rng.sample(["colour", "shape"], lookups)]
+    return samples + [{"conversations": turns} for turns in lookup_turns if turns]
 
 
 # ----- benchmarks, each in its real counterpart's file format -------------------
