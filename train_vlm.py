@@ -187,6 +187,8 @@ def sample_order(n, total, seed, after=None):
     for start, end in zip(starts, starts[1:] + [None]):
         allowed = np.flatnonzero(after <= start)
         length = (total if end is None else round(end * total)) - round(start * total)
+        if length <= 0:  # two points closer than one sample of the stage
+            continue
         phase = np.concatenate([rng.permutation(allowed) for _ in range(-(-length // len(allowed)))])
         parts.append(phase if end is None else phase[:length])  # the last phase ends on whole epochs
     return np.concatenate(parts)

@@ -458,6 +458,8 @@ def test_a_curriculum_holds_samples_back_until_their_share_of_the_stage():
     assert set(order[20:30]) <= set(range(5)) | {6, 7, 8, 9} and {3, 4} <= set(order[20:30])
     assert sorted(order[30:]) == list(range(10))                          # the last quarter: one epoch of all
     assert (train_vlm.sample_order(10, 40, [1337, 2], [0] * 10) == train_vlm.sample_order(10, 40, [1337, 2])).all()
+    close = train_vlm.sample_order(10, 40, [1337, 2], [0] * 8 + [0.5, 0.501])  # points closer than one sample
+    assert len(close) == 40 and set(close[:20]) == set(range(8)) and {8, 9} <= set(close[20:])
 
 
 @pytest.mark.parametrize("value, message", [(1.0, r"must be a number in \[0, 1\).*got 1.0"),
