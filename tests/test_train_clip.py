@@ -45,7 +45,8 @@ def test_tiny_clip_trains_and_saves_a_loadable_tower(tmp_path):
 
 def test_per_object_term_pools_each_objects_cell_by_hand():
     """region_loss against a loop written from the pixels: on an 8x8 grid of 8-pixel patches a
-    patch belongs to the cell (of side 64/3 pixels) that holds its centre."""
+    patch belongs to the cell (of side 64/3 pixels) that holds its centre; the object's region
+    must pick its phrase, its shape's word and its cell's name."""
     torch.manual_seed(0)
     vcfg = train_clip.VisionConfig.preset("tiny", image_size=64, patch_size=8, hidden_size=32,
                                           intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
@@ -54,12 +55,13 @@ def test_per_object_term_pools_each_objects_cell_by_hand():
     model = train_clip.TinyCLIP(vcfg, tcfg, 16).eval()
     pixels, phrase_ids, phrase_lengths = torch.randn(3, 3, 64, 64), torch.randint(3, 20, (5, 4)), torch.tensor([4, 3, 4, 2, 4])
     word_ids, word_lengths = torch.randint(3, 20, (3, 2)), torch.tensor([2, 2, 2])
+    cell_ids, cell_lengths = torch.randint(3, 20, (9, 2)), torch.randint(1, 3, (9,))
     objects = torch.tensor([[0, 0, 1, 2], [0, 4, 3, 0], [1, 8, 0, 1], [2, 5, 4, 1], [2, 1, 1, 2]])  # (image, cell, phrase, shape)
     loss, _ = model.region_loss(pixels, objects, train_clip.cell_pool(vcfg), (phrase_ids, phrase_lengths),
-                                (word_ids, word_lengths))
+                                (word_ids, word_lengths), (cell_ids, cell_lengths))
     with torch.no_grad():
         features, texts = model.vision(pixels), model.embed_texts(phrase_ids, phrase_lengths)
-        words = model.embed_texts(word_ids, word_lengths)
+        words, cells = model.embed_texts(word_ids, word_lengths), model.embed_texts(cell_ids, cell_lengths)
         want = 0.0
         for image, cell, phrase, shape in objects.tolist():
             mine = [r * 8 + c for r in range(8) for c in range(8)
@@ -70,6 +72,8 @@ def test_per_object_term_pools_each_objects_cell_by_hand():
             want += F.cross_entropy(logits[None], torch.tensor([phrase])).item() / len(objects)
             logits = model.region_scale.exp() * words @ region
             want += F.cross_entropy(logits[None], torch.tensor([shape])).item() / len(objects)
+            logits = model.region_scale.exp() * cells @ region
+            want += F.cross_entropy(logits[None], torch.tensor([cell])).item() / len(objects)
     assert abs(loss.item() - want) < 1e-5
 
 
