@@ -22,8 +22,8 @@ hexagon) never appear in any training image or text.
                               [{"id", "image", "conversations": [human "<image>\\n...", gpt caption]}]
   instruct.json             stage 2, LLaVA instruct JSON: 4 one-question samples per image (colour,
                               shape, size, count, existence, position, relations, these with
-                              "after": 0.75), prompted like LLaVA-1.5's data, 2 either-or questions
-                              ("Is the star blue or red?"); text-only conversations (no "image" key)
+                              "after": 0.75), prompted like LLaVA-1.5's data, 3 either-or questions
+                              (colour, shape, cell: "Is the star blue or red?"); text-only ones (no "image")
   eval/images/              test_*.png and comp_*.png, the image folder of POPE and GQA
   eval/pope/                llava_pope_test.jsonl (question_id, image, text, category) and
                               coco/coco_pope_{random,popular,adversarial}.json (one JSON per line,
@@ -422,13 +422,13 @@ def caption_conversation(scene, rng):
 
 
 def either_or(scene, rng, asked):
-    """"Is the star blue or red?", "Is the large red object a star or a circle?": the answer first,
-    right after a name of 1-3 of the object's other attributes that picks it out (None if none does).
-    With the loss on the questions the word after any name is then a lookup by it, as "star" after
-    "Is the blue" is one by colour (README, "What the default run reaches"). asked: colour or shape
-    (either-or questions on the cell cost position questions 13 points: README, same section)."""
-    if asked not in ("colour", "shape"):
-        raise ValueError(f"either_or asks for the colour or the shape, not {asked!r}")
+    """"Is the star blue or red?", "Is the large red object a star or a circle?", "Is the small star
+    top left or center?": the answer first, right after a name of 1-3 of the object's other attributes
+    that picks it out (None if none does). With the loss on the questions the word after any name is
+    then a lookup by it, as "star" after "Is the blue" is one by colour (README, "What the default run
+    reaches"). asked: colour, shape or cell (on perfect features: position questions 34 -> 71%)."""
+    if asked not in ("colour", "shape", "cell"):
+        raise ValueError(f"either_or asks for the colour, the shape or the cell, not {asked!r}")
     objs, others = scene["objects"], [a for a in ("colour", "shape", "size") if a != asked]
     for o in rng.sample(objs, len(objs)):
         names = [k for n in (1, 2, 3) for k in itertools.combinations(others, n)
@@ -442,17 +442,17 @@ def either_or(scene, rng, asked):
     key = "the " + " ".join(words)
     truth = o[asked]
     pair = lambda v: (v if asked == "colour" else o["colour"], v if asked == "shape" else o["shape"])
-    other = rng.choice([v for v in (COLOURS if asked == "colour" else SHAPES)
+    other = rng.choice([v for v in {"colour": list(COLOURS), "shape": SHAPES, "cell": CELLS}[asked]
                         if v != truth and pair(v) not in HELD_OUT])  # no held-out pair, even as the wrong option
-    q = f"Is {key} {truth} or {other}?" if asked == "colour" else f"Is {key} {article(truth)} or {article(other)}?"
+    q = f"Is {key} {article(truth)} or {article(other)}?" if asked == "shape" else f"Is {key} {truth} or {other}?"
     return [{"from": "human", "value": "<image>\n" + q + SHORT}, {"from": "gpt", "value": truth}]
 
 
-def instruct_samples(scene, rng, used, n=4, lookups=2):
+def instruct_samples(scene, rng, used, n=4, lookups=3):
     """Stage-2 samples about one image: n questions of different types, each its own one-turn
     conversation, in the mix of prompt styles of LLaVA-1.5's data: short answers (the GQA/POPE
-    suffix), yes/no (MME's suffix) and lettered multiple choice (ScienceQA's suffix); then
-    `lookups` (0-2) either-or questions (either_or), on the colour and the shape. One question a
+    suffix), yes/no (MME's suffix) and lettered multiple choice (ScienceQA's suffix); then `lookups`
+    (0-3) either-or questions (either_or), on the colour, the shape and the cell. One question a
     sample, not LLaVA's multi-turn chats: the tiny LM learns to look things up from many short
     samples far sooner than from fewer long ones (README, "The reading ladder"). used: see choose()."""
     samples, mme = [], {"exist": "existence", "count": "count", "relation": "position", "colour": "color"}
@@ -472,7 +472,7 @@ def instruct_samples(scene, rng, used, n=4, lookups=2):
             q += SHORT
         samples.append({"conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}],
                         **({"after": RELATIONS_AFTER} if qtype == "relation" else {})})
-    lookup_turns = [either_or(scene, rng, asked) for asked in rng.sample(["colour", "shape"], lookups)]
+    lookup_turns = [either_or(scene, rng, asked) for asked in rng.sample(["colour", "shape", "cell"], lookups)]
     return samples + [{"conversations": turns} for turns in lookup_turns if turns]
 
 

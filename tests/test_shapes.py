@@ -98,6 +98,9 @@ def either(truth, first, second):
     return truth if first == truth != second else None
 
 
+CELLS = "|".join(shapes.CELLS)  # a regular expression for any cell's name
+
+
 def oracle(scene, question):
     """The answer to a generated question, computed from the scene; None if not understood."""
     q = question.replace("<image>\n", "").split("\n")[0].replace(" Please answer yes or no.", "")
@@ -113,6 +116,7 @@ def oracle(scene, question):
         (r"Is the (\w+ \w+) (left of|right of|above|below) the (\w+ \w+)\?",
          lambda m: yes(relation(the(scene, m[1]), m[2], the(scene, m[3])))),
         (r"Is the (\w+ \w+) in the (.+) of this image\?", lambda m: yes(the(scene, m[1])["cell"] == m[2])),
+        (rf"Is (the .+?) ({CELLS}) or ({CELLS})\?", lambda m: either(the(scene, m[1])["cell"], m[2], m[3])),
         (r"Is (the .+?) an? (\w+) or an? (\w+)\?", lambda m: either(the(scene, m[1])["shape"], m[2], m[3])),
         (r"Is (the .+) (\w+) or (\w+)\?", lambda m: either(the(scene, m[1])["colour"], m[2], m[3])),
         (r"Is (the .+) (\w+)\?", lambda m: yes(the(scene, m[1])["colour"] == m[2])),
@@ -236,25 +240,26 @@ def test_every_training_answer_agrees_with_the_scene(world):
 
 
 def test_either_or_names_one_object_without_the_asked_attribute(world):
-    """Each image gets two either-or questions asking different attributes; the name picks out one
+    """Each image gets three either-or questions asking different attributes; the name picks out one
     object and does not say the asked attribute; the answer (the first option) is the oracle's."""
     by_image = {s["image"]: s for s in scenes(world, "train")}
     asked = defaultdict(list)
     for e in read_json(os.path.join(world, "instruct.json")):
         q = e.get("conversations", [{}])[0].get("value", "")
-        m = re.fullmatch(r"<image>\nIs (the .+?) (?:an? (\w+) or an? \w+|(\w+) or \w+)\?" + re.escape(scorers.SHORT), q)
+        m = re.fullmatch(rf"<image>\nIs (the .+?) (?:({CELLS}) or (?:{CELLS})|an? (\w+) or an? \w+|(\w+) or \w+)\?"
+                         + re.escape(scorers.SHORT), q)
         if not m or " large or small" in q:
             continue
-        s, kind = by_image["images/" + e["image"]], "shape" if m[2] else "colour"
+        s, kind = by_image["images/" + e["image"]], "cell" if m[2] else "shape" if m[3] else "colour"
         o = the(s, m[1])
-        assert o[kind] not in m[1].split(), q  # the name leaves the asked attribute out
-        assert e["conversations"][1]["value"] == (m[2] or m[3]) == o[kind], q
+        assert o[kind] not in m[1].split() and " in the " not in m[1], q  # the name leaves the asked attribute out
+        assert e["conversations"][1]["value"] == (m[2] or m[3] or m[4]) == o[kind], q
         asked[e["image"]].append(kind)
     assert len(asked) > 0.9 * len(by_image)
-    assert all(len(k) == len(set(k)) <= 2 for k in asked.values())
-    assert Counter(k for ks in asked.values() for k in ks).keys() == {"colour", "shape"}
-    with pytest.raises(ValueError, match="colour or the shape"):
-        shapes.either_or(scenes(world, "train")[0], shapes.scene_rng(0, "instruct", 0), "cell")
+    assert all(len(k) == len(set(k)) <= 3 for k in asked.values())
+    assert Counter(k for ks in asked.values() for k in ks).keys() == {"colour", "shape", "cell"}
+    with pytest.raises(ValueError, match="the shape or the cell"):
+        shapes.either_or(scenes(world, "train")[0], shapes.scene_rng(0, "instruct", 0), "size")
 
 
 def test_relation_questions_and_only_they_wait_for_the_last_part_of_stage_2(world):
