@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline on the shapes world, on a CPU, step by step. Each line is a plain command
-# you can copy and run alone; together they take about 25 minutes on 2 cores without native bf16
+# you can copy and run alone; together they take about 26 minutes on 2 cores without native bf16
 # (README, "What the default run reaches": a CPU with AVX512-BF16 is faster). `bash speedrun.sh
 # --long` trains the VLM's stage 2 4500 steps instead of 2000: it reaches more. The first line installs what
 # requirements.txt lists and this Python lacks (nothing when all is there; never a CUDA torch by
