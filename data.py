@@ -385,6 +385,9 @@ def check_llava_json(path, image_folder=None):
 
 class LLaVADataset(torch.utils.data.Dataset):
     """LLaVA JSON + image folder -> {"id", "input_ids", "labels", "pixels"} per sample.
+    With `features` set ({image path as the JSON gives it: the frozen tower's output for it, or why
+    the image cannot be read}; train_vlm.cache_features) a sample's image comes as "features"
+    instead, and no image file is read.
 
     A sample that cannot be used (bad structure, missing or corrupt image, labels that cannot
     be built, too long) comes back as {"id", "skip": reason}; the collator drops it and the
@@ -399,6 +402,7 @@ class LLaVADataset(torch.utils.data.Dataset):
         self.path, self.image_folder, self.tok, self.template = json_path, image_folder, tok, template
         self.questions, self.system = questions, system  # build_sample's: labels on the user's turns too, system prompt
         self.image_processor, self.n_image_tokens, self.max_len = image_processor, n_image_tokens, max_len
+        self.features = None
 
     def __len__(self):
         return len(self.samples)
@@ -434,12 +438,17 @@ class LLaVADataset(torch.utils.data.Dataset):
             ids, labels = build_sample(self.check(i), self.tok, self.template, sid, self.questions, self.system)
             n = len(ids)
             ids, labels = self.truncate(ids, labels, sid)
-            pixels = None
-            if "image" in sample:
+            pixels = features = None
+            if "image" in sample and self.features is not None:
+                features = self.features[sample["image"]]
+                if isinstance(features, str):  # the reason it could not be read
+                    raise UserError(features)
+            elif "image" in sample:
                 pixels = self.image_processor(os.path.join(self.image_folder, sample["image"]))
         except UserError as e:  # SampleError, and an image that cannot be read
             return {"id": sid, "skip": str(e)}
         return {"id": sid, "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "pixels": pixels,
+                "features": features,
                 "cut": len(ids) < n}
 
     def truncate(self, ids, labels, sid):
@@ -458,7 +467,7 @@ class LLaVADataset(torch.utils.data.Dataset):
 
 def collate(samples, pad_id):
     """Right-pad a list of dataset items into a batch. Skipped items are dropped and listed
-    under "skipped" as (id, reason); "cut" lists the samples cut at max_len. pixels holds the
+    under "skipped" as (id, reason); "cut" lists the samples cut at max_len. pixels (or features) holds the
     images of the samples that have one, in order; has_image says which those are."""
     ok = [s for s in samples if "skip" not in s]
     T = max((len(s["input_ids"]) for s in ok), default=0)
@@ -468,10 +477,13 @@ def collate(samples, pad_id):
         input_ids[b, :len(s["input_ids"])] = s["input_ids"]
         labels[b, :len(s["labels"])] = s["labels"]
     images = [s["pixels"] for s in ok if s["pixels"] is not None]
+    features = [s["features"] for s in ok if s.get("features") is not None]
     return {"input_ids": input_ids, "labels": labels,
             "lengths": torch.tensor([len(s["input_ids"]) for s in ok], dtype=torch.long),
             "pixels": torch.stack(images) if images else None,
-            "has_image": torch.tensor([s["pixels"] is not None for s in ok], dtype=torch.bool),
+            "features": torch.stack(features) if features else None,
+            "has_image": torch.tensor([s["pixels"] is not None or s.get("features") is not None for s in ok],
+                                      dtype=torch.bool),
             "ids": [s["id"] for s in ok], "cut": [s["id"] for s in ok if s.get("cut")],
             "skipped": [(s["id"], s["skip"]) for s in samples if "skip" in s]}
 

@@ -244,6 +244,8 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
                                 model.mm_projector.tokens, cfg.max_len, questions=cfg.loss_on_questions,
                                 system=model.system)
     check_data(dataset, stage, master)
+    autocast = mixed_precision(device)
+    cache_features(model, dataset, device, autocast, cfg.micro_batch, f"stage {stage}" if master else None)
     s = stage_settings(cfg, stage, len(dataset), world)
     order = sample_order(len(dataset), s.max_steps * s.batch, [cfg.seed, stage], curriculum(dataset))
     lengths = np.array([len(json.dumps(sample)) for sample in dataset.samples])  # characters: a proxy for tokens
@@ -255,7 +257,6 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     optimizer = make_optimizer(model, s, device)
     if optimizer_state:
         load_optimizer_state(model, optimizer, optimizer_state)
-    autocast = mixed_precision(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if master:
         sharing = f", {world} processes ({'FSDP2' if fsdp else 'DDP'})" if world > 1 else ""
@@ -285,7 +286,7 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
             sync = micro == len(used) - 1 or world == 1 or fsdp  # see train_lm.train
             with autocast, (nullcontext() if sync else ddp.no_sync()):
                 _, loss = ddp(**{k: batch[k].to(device) if torch.is_tensor(batch[k]) else batch[k]
-                                 for k in ("input_ids", "lengths", "has_image", "pixels", "labels")})
+                                 for k in ("input_ids", "lengths", "has_image", "pixels", "features", "labels")})
                 (loss / len(used)).backward()
             loss_sum += loss.detach()
         if world > 1:
@@ -340,6 +341,34 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     return True
 
 
+def cache_features(model, dataset, device, autocast, micro_batch, name, budget=2 ** 31):
+    """The tower is frozen in both stages, so an image's features are the same at every step: when
+    they fit in `budget` bytes, compute each image's once (in stage 2 of the shapes world 7 samples
+    share an image; reading it and the tower were a quarter of a step's time) and set
+    dataset.features. The paper's 558k images at 576 x 1024 do not fit: its tower runs every step.
+    name: what to call the stage in the progress line (None: print nothing)."""
+    images = sorted({s["image"] for s in dataset.samples if isinstance(s, dict) and isinstance(s.get("image"), str)})
+    tower = model.vision_tower
+    size = len(images) * tower.num_patches * tower.hidden_size * 4
+    if size > budget or not images:
+        return
+    t0, features, batch = time.time(), {}, []
+    with torch.no_grad(), autocast:
+        for i, image in enumerate(images):
+            try:
+                batch.append((image, dataset.image_processor(os.path.join(dataset.image_folder, image))))
+            except UserError as e:  # a corrupt image: the samples that use it are skipped and counted
+                features[image] = str(e)
+            if batch and (len(batch) == 16 * micro_batch or i == len(images) - 1):
+                out = tower(torch.stack([p for _, p in batch]).to(device)).float().cpu()
+                features.update({im: f for (im, _), f in zip(batch, out)})
+                batch = []
+    dataset.features = features
+    if name:
+        print(f"{name}: the frozen tower's features of {len(images)} images, computed once "
+              f"({size / 2 ** 20:.0f} MB, {time.time() - t0:.1f} s)")
+
+
 def report_lookups(gauge, metrics_path):
     """Print eval_vlm.lookup_gauge's result (does the LM find the object a colour or shape word
     names?) and log it to metrics.jsonl."""
@@ -358,10 +387,11 @@ def image_use(model, items, pad_id, device, micro_batch=16, autocast=nullcontext
     Returns {"own", "other", "samples"}, or None with fewer than two such samples (skipped and
     text-only items are left out). Close values mean the visual tokens carry little that the LM
     uses (after stage 1 on the shapes world the gap is a few percent: the frozen LM cannot read them)."""
-    items = [it for it in items if "skip" not in it and it["pixels"] is not None]
+    image = lambda it: {"pixels": it["pixels"], "features": it.get("features")}
+    items = [it for it in items if "skip" not in it and any(v is not None for v in image(it).values())]
     if len(items) < 2:
         return None
-    swapped = [{**it, "pixels": items[(i + 1) % len(items)]["pixels"]} for i, it in enumerate(items)]
+    swapped = [{**it, **image(items[(i + 1) % len(items)])} for i, it in enumerate(items)]
     was_training = model.training
     model.eval()
     losses = []
@@ -371,8 +401,8 @@ def image_use(model, items, pad_id, device, micro_batch=16, autocast=nullcontext
             for i in range(0, len(group), micro_batch):
                 b = data.collate(group[i:i + micro_batch], pad_id)
                 n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())  # labelled tokens (the loss's mean)
-                _, loss = model(**{k: b[k].to(device) for k in ("input_ids", "lengths", "has_image", "pixels",
-                                                                 "labels")})
+                _, loss = model(**{k: b[k].to(device) if torch.is_tensor(b[k]) else None
+                                   for k in ("input_ids", "lengths", "has_image", "pixels", "features", "labels")})
                 total, weight = total + loss.item() * n, weight + n
             losses.append(total / weight)
     model.train(was_training)

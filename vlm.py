@@ -77,11 +77,13 @@ class XmodelVLM(nn.Module):
             spliced_labels.append(y)
         return embeds, spliced_labels
 
-    def forward(self, input_ids, lengths, has_image, pixels=None, labels=None):
+    def forward(self, input_ids, lengths, has_image, pixels=None, labels=None, features=None):
         """A right-padded batch (data.collate's): input_ids, labels (B, T) unshifted, LLaVA
-        style. Returns (logits (B, T', vocab), None), or with labels (None, the loss on the
-        labelled positions), as XmodelLM.forward."""
-        image_tokens = self.encode_images(pixels) if pixels is not None else None
+        style; the images as pixels, or as the tower's features computed beforehand (the tower
+        is frozen: train_vlm.cache_features). Returns (logits (B, T', vocab), None), or with
+        labels (None, the loss on the labelled positions), as XmodelLM.forward."""
+        image_tokens = (self.mm_projector(features) if features is not None else
+                        self.encode_images(pixels) if pixels is not None else None)
         embeds, spliced = self.splice(input_ids, lengths, has_image, image_tokens, labels)
         x = nn.utils.rnn.pad_sequence(embeds, batch_first=True)      # (B, T', C), zeros at the end
         targets = None

@@ -245,6 +245,33 @@ def test_exact_resume(world, stop_at):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+def test_cached_tower_features_give_the_loss_of_the_pixels(world, tmp_path):
+    """train_vlm.cache_features: the dataset then hands out each image's frozen tower features,
+    and a batch's loss is the one from the pixels; a corrupt image becomes a skip naming it."""
+    model = train_vlm.build_model(vlm_config(world, "cache"), "cpu")
+    tok = load_tokenizer(str(world / "lm" / "tok.model"))
+    shapes_dir, images = world / "shapes", tmp_path / "images"
+    shutil.copytree(shapes_dir / "images", images)
+    samples = json.loads((shapes_dir / "instruct.json").read_text())[:12]
+    (images / samples[5]["image"]).write_bytes(b"not a png")
+    (tmp_path / "i.json").write_text(json.dumps(samples))
+    dataset = data.LLaVADataset(str(tmp_path / "i.json"), str(images), tok, "vicuna_v1", ImageProcessor(64),
+                                model.mm_projector.tokens, 512, questions=True, system="")
+    keys = ("input_ids", "lengths", "has_image", "pixels", "features", "labels")
+    loss = lambda items: model(**{k: data.collate(items, tok.pad_id)[k] for k in keys})[1]
+    bad = [i for i, s in enumerate(samples) if s.get("image") == samples[5]["image"]]  # 7 samples share an image
+    good = [i for i in range(12) if i not in bad]
+    plain = [dataset[i] for i in good]
+    train_vlm.cache_features(model, dataset, "cpu", torch.autocast("cpu", enabled=False), 2, None)
+    cached = [dataset[i] for i in range(12)]
+    assert all("cannot read image" in cached[i]["skip"] and samples[5]["image"] in cached[i]["skip"] for i in bad)
+    assert all(cached[i]["pixels"] is None and cached[i]["features"].shape == (model.vision_tower.num_patches, 32)
+               for i in good) and len(good) > 2
+    assert len(dataset.features) == len({s["image"] for s in samples})
+    with torch.no_grad():
+        assert loss([cached[i] for i in good]).item() == pytest.approx(loss(plain).item(), rel=1e-5)
+
+
 def test_missing_prerequisite_names_the_command(world, tmp_path):
     with pytest.raises(FileNotFoundError, match="python train_clip.py"):
         train_vlm.main(vlm_config(world, "x", vision=str(tmp_path / "no_clip")))
