@@ -81,8 +81,8 @@ class VLMConfig:
                                     # with it frozen stage 1 taught nothing (image use -0.1%; +119% with it)
     lr2: float = 1e-3               # the tiny LM needs a larger step than the paper's 1.1B
     batch2: int = 96                # one-question samples: 96 a step (the paper's 32 chats hold several questions)
-    steps2: int = 2000              # 0 = one epoch (1241 here); the 128-wide tiny LM takes 2000 in the time the
-                                    # 256-wide one took 1000, and learns more from them (--long: 4500)
+    steps2: int = 900               # 0 = one epoch (1241 here); 900: what the 15-minute speedrun has time
+                                    # for (speedrun.sh --long: 6000; more steps, more learned: README)
     micro_batch: int = 16           # samples per forward/backward per process
     checkpointing: bool = False     # activation checkpointing of the LM's blocks (less memory, one more forward)
     fsdp: bool = False              # stage 2 under torchrun: shard weights, gradients and AdamW state over
