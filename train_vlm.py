@@ -80,9 +80,10 @@ class VLMConfig:
                                     # freezes it, as the paper preset does). The tiny LM cannot read, so
                                     # with it frozen stage 1 taught nothing (image use -0.1%; +119% with it)
     lr2: float = 1e-3               # the tiny LM needs a larger step than the paper's 1.1B
-    batch2: int = 96                # one-question samples: 96 a step (the paper's 32 chats hold several questions)
-    steps2: int = 900               # 0 = one epoch (1241 here); 900: what the 15-minute speedrun has time
-                                    # for (speedrun.sh --long: 6000; more steps, more learned: README)
+    batch2: int = 32                # one-question samples a step. The same samples in more, smaller steps
+                                    # teach more: 96 x 900 62.7%, 48 x 1800 68.8%, 32 x 2700 71.6% (README)
+    steps2: int = 2400              # 0 = one epoch (4318 here); 2400: what the 15-minute speedrun has time
+                                    # for (speedrun.sh --long: 15000)
     micro_batch: int = 16           # samples per forward/backward per process
     checkpointing: bool = False     # activation checkpointing of the LM's blocks (less memory, one more forward)
     fsdp: bool = False              # stage 2 under torchrun: shard weights, gradients and AdamW state over
@@ -109,7 +110,7 @@ class VLMConfig:
     image_check: int = 128          # after each stage: loss on this many samples with their own vs another
                                     # sample's image (image_use); 0 = skip
     evaluate: bool = True           # score the held-out shapes benchmarks at the end
-    probe: int = 50                 # shapes world, stage 2: every this many steps answer 20 held-out questions
+    probe: int = 100                # shapes world, stage 2: every this many steps answer 20 held-out questions
                                     # of each type (eval_vlm.probe, logged to metrics.jsonl; 0 = never); at
                                     # the end learning.png and attention.png are drawn from them
     oracle: bool = False            # diagnostic (shapes world): perfect per-cell features from the scenes'
@@ -224,7 +225,7 @@ def step_batches(order, lengths, start, steps, s, cfg, rank, world):
 
 
 def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0, optimizer_state=None,
-                stop_at=None):
+                stop_at=None, features=None):
     master = rank == 0
     # stage 1 trains the projector (and with --lm_in_stage1 the LM); stage 2 both; never the tower
     model.lm.requires_grad_(stage == 2 or cfg.lm_in_stage1)
@@ -245,7 +246,7 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
                                 system=model.system)
     check_data(dataset, stage, master)
     autocast = mixed_precision(device)
-    cache_features(model, dataset, device, autocast, cfg.micro_batch, f"stage {stage}" if master else None)
+    cache_features(model, dataset, device, autocast, cfg.micro_batch, f"stage {stage}" if master else None, features)
     s = stage_settings(cfg, stage, len(dataset), world)
     order = sample_order(len(dataset), s.max_steps * s.batch, [cfg.seed, stage], curriculum(dataset))
     lengths = np.array([len(json.dumps(sample)) for sample in dataset.samples])  # characters: a proxy for tokens
@@ -341,32 +342,35 @@ def train_stage(stage, model, cfg, tok, files, rank, world, device, start_step=0
     return True
 
 
-def cache_features(model, dataset, device, autocast, micro_batch, name, budget=2 ** 31):
+def cache_features(model, dataset, device, autocast, micro_batch, name, known=None, budget=2 ** 31):
     """The tower is frozen in both stages, so an image's features are the same at every step: when
     they fit in `budget` bytes, compute each image's once (in stage 2 of the shapes world 7 samples
     share an image; reading it and the tower were a quarter of a step's time) and set
     dataset.features. The paper's 558k images at 576 x 1024 do not fit: its tower runs every step.
-    name: what to call the stage in the progress line (None: print nothing)."""
+    name: what to call the stage in the progress line (None: print nothing). known: {image file:
+    features or why it cannot be read}, filled here and shared by the stages (the same frozen tower)."""
     images = sorted({s["image"] for s in dataset.samples if isinstance(s, dict) and isinstance(s.get("image"), str)})
-    tower = model.vision_tower
+    tower, known = model.vision_tower, {} if known is None else known
     size = len(images) * tower.num_patches * tower.hidden_size * 4
     if size > budget or not images:
         return
-    t0, features, batch = time.time(), {}, []
+    files = {image: os.path.join(dataset.image_folder, image) for image in images}
+    todo = [f for f in dict.fromkeys(files.values()) if f not in known]
+    t0, batch = time.time(), []
     with torch.no_grad(), autocast:
-        for i, image in enumerate(images):
+        for i, file in enumerate(todo):
             try:
-                batch.append((image, dataset.image_processor(os.path.join(dataset.image_folder, image))))
+                batch.append((file, dataset.image_processor(file)))
             except UserError as e:  # a corrupt image: the samples that use it are skipped and counted
-                features[image] = str(e)
-            if batch and (len(batch) == 16 * micro_batch or i == len(images) - 1):
+                known[file] = str(e)
+            if batch and (len(batch) == 16 * micro_batch or i == len(todo) - 1):
                 out = tower(torch.stack([p for _, p in batch]).to(device)).float().cpu()
-                features.update({im: f for (im, _), f in zip(batch, out)})
+                known.update({f: x for (f, _), x in zip(batch, out)})
                 batch = []
-    dataset.features = features
+    dataset.features = {image: known[file] for image, file in files.items()}
     if name:
-        print(f"{name}: the frozen tower's features of {len(images)} images, computed once "
-              f"({size / 2 ** 20:.0f} MB, {time.time() - t0:.1f} s)")
+        print(f"{name}: the frozen tower's features of {len(images)} images ({size / 2 ** 20:.0f} MB): "
+              f"{len(todo)} computed now ({time.time() - t0:.1f} s), {len(images) - len(todo)} before")
 
 
 def report_lookups(gauge, metrics_path):
@@ -488,6 +492,7 @@ def main(cfg, stop_at=None):
         torch.set_rng_state(state["torch_rng"])
         if master:
             print(f"resumed stage {state['stage']} at step {state['step']}")
+    features = {}  # image file -> the frozen tower's features, shared by the stages (cache_features)
     for stage in stages:
         if model is None and stage == 2 and not os.path.exists(stage1_dir):
             raise InputNotFound(f"stage 2 starts from stage 1's model in {stage1_dir}; run --stage=1 first")
@@ -495,7 +500,7 @@ def main(cfg, stop_at=None):
             model = build_model(cfg, device) if stage == 1 else XmodelVLM.load(stage1_dir, device=device)
         step, optimizer_state = resume_at.get(stage, (0, None))
         finished = train_stage(stage, model, cfg, tok, files, rank, world, device, step, optimizer_state,
-                               stop_at[1] if stop_at and stop_at[0] == stage else None)
+                               stop_at[1] if stop_at and stop_at[0] == stage else None, features)
         if not finished:
             return model
         if cfg.fsdp and stage == 2 and world > 1:  # rank 0 saves a whole copy

@@ -247,7 +247,8 @@ def test_exact_resume(world, stop_at):
 
 def test_cached_tower_features_give_the_loss_of_the_pixels(world, tmp_path):
     """train_vlm.cache_features: the dataset then hands out each image's frozen tower features,
-    and a batch's loss is the one from the pixels; a corrupt image becomes a skip naming it."""
+    and a batch's loss is the one from the pixels; a corrupt image becomes a skip naming it; the
+    next stage reuses them."""
     model = train_vlm.build_model(vlm_config(world, "cache"), "cpu")
     tok = load_tokenizer(str(world / "lm" / "tok.model"))
     shapes_dir, images = world / "shapes", tmp_path / "images"
@@ -262,7 +263,8 @@ def test_cached_tower_features_give_the_loss_of_the_pixels(world, tmp_path):
     bad = [i for i, s in enumerate(samples) if s.get("image") == samples[5]["image"]]  # 7 samples share an image
     good = [i for i in range(12) if i not in bad]
     plain = [dataset[i] for i in good]
-    train_vlm.cache_features(model, dataset, "cpu", torch.autocast("cpu", enabled=False), 2, None)
+    known, off = {}, torch.autocast("cpu", enabled=False)
+    train_vlm.cache_features(model, dataset, "cpu", off, 2, None, known)
     cached = [dataset[i] for i in range(12)]
     assert all("cannot read image" in cached[i]["skip"] and samples[5]["image"] in cached[i]["skip"] for i in bad)
     assert all(cached[i]["pixels"] is None and cached[i]["features"].shape == (model.vision_tower.num_patches, 32)
@@ -270,6 +272,12 @@ def test_cached_tower_features_give_the_loss_of_the_pixels(world, tmp_path):
     assert len(dataset.features) == len({s["image"] for s in samples})
     with torch.no_grad():
         assert loss([cached[i] for i in good]).item() == pytest.approx(loss(plain).item(), rel=1e-5)
+    calls = []  # the next stage, on the same images: nothing computed again
+    model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    again = data.LLaVADataset(str(tmp_path / "i.json"), str(images), tok, "vicuna_v1", ImageProcessor(64),
+                              model.mm_projector.tokens, 512, questions=True, system="")
+    train_vlm.cache_features(model, again, "cpu", off, 2, None, known)
+    assert not calls and again.features == dataset.features
 
 
 def test_missing_prerequisite_names_the_command(world, tmp_path):
