@@ -127,7 +127,8 @@ def main(argv=None):
     parser.add_argument("--lm", default="out/lm/model", help="the LM every setting starts from")
     parser.add_argument("--vision", default="out/clip_tiny", help="the CLIP tower")
     parser.add_argument("--steps1", type=checked(int, "x >= 1"), default=30, help="stage-1 steps per setting")
-    parser.add_argument("--steps2", type=checked(int, "x >= 1"), default=300, help="stage-2 steps per setting")
+    parser.add_argument("--steps2", type=checked(int, "x >= 1"), default=900,
+                        help="stage-2 steps per setting (of train_vlm.py's batch2, 32 samples)")
     parser.add_argument("--out", default="out/ablation", help="one folder per setting, ablation.md and .png")
     args = parser.parse_args(argv)
     try:
