@@ -16,8 +16,10 @@ the projector to align to). Stage 2, fine-tuning: the projector
 and the LM learn (the tower stays frozen) on conversations in the Vicuna v1 template. Both:
 one epoch, linear warmup over 3% of the steps then cosine decay, weight decay 0, gradient
 accumulation to the global batch, bf16 autocast on CUDA and on CPUs with native bf16
-(common.mixed_precision), DDP under torchrun. A sample with "after": x (0 <= x < 1) comes only once
-that share of its stage is read: a curriculum (shapes.py holds relation questions back to 0.75).
+(common.mixed_precision), DDP under torchrun. The tower is frozen, so when the features of every
+training image fit in memory they are computed once, before the first stage (cache_features). A
+sample with "after": x (0 <= x < 1) comes only once that share of its stage is read: a curriculum
+(shapes.py holds relation questions back to 0.75).
 
 Inputs: the LM directory from train_lm.py (HF Llama format with its tokenizer file), the
 CLIP tower directory from train_clip.py (HF CLIP format), LLaVA JSON files and an image folder.
