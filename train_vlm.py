@@ -355,6 +355,9 @@ def cache_features(model, dataset, device, autocast, micro_batch, name, known=No
     tower, known = model.vision_tower, {} if known is None else known
     size = len(images) * tower.num_patches * tower.hidden_size * 4
     if size > budget or not images:
+        if name and images:
+            print(f"{name}: the tower runs at every step (the features of {len(images)} images would take "
+                  f"{size / 2 ** 30:.1f} GiB, more than {budget / 2 ** 30:.0f})")
         return
     files = {image: os.path.join(dataset.image_folder, image) for image in images}
     todo = [f for f in dict.fromkeys(files.values()) if f not in known]

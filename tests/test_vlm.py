@@ -245,7 +245,7 @@ def test_exact_resume(world, stop_at):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-def test_cached_tower_features_give_the_loss_of_the_pixels(world, tmp_path):
+def test_cached_tower_features_give_the_loss_of_the_pixels(world, tmp_path, capsys):
     """train_vlm.cache_features: the dataset then hands out each image's frozen tower features,
     and a batch's loss is the one from the pixels; a corrupt image becomes a skip naming it; the
     next stage reuses them."""
@@ -278,6 +278,9 @@ def test_cached_tower_features_give_the_loss_of_the_pixels(world, tmp_path):
                               model.mm_projector.tokens, 512, questions=True, system="")
     train_vlm.cache_features(model, again, "cpu", off, 2, None, known)
     assert not calls and again.features == dataset.features
+    again.features = None  # over the memory budget: nothing cached, the tower runs at every step
+    train_vlm.cache_features(model, again, "cpu", off, 2, "stage 2", {}, budget=1000)
+    assert again.features is None and again[good[0]]["pixels"] is not None and "every step" in capsys.readouterr().out
 
 
 def test_missing_prerequisite_names_the_command(world, tmp_path):
