@@ -39,7 +39,10 @@ The attention row times PyTorch's fused attention alone (forward and backward at
 shape) in bf16 against fp32: where bf16 is the slower, as on the 2-core machine, `model.attention`
 computes it in fp32 under autocast too. The last row is the preset's fp32 step against the same
 model twice as wide (twice the heads and the MLP): the `tiny` preset's width was halved because
-a CPU step costs what its matrices cost.
+a CPU step costs what its matrices cost. The VLM row: stage 2's step (an image and `seq_len` - 1
+text tokens a sample, the `vision` tower, a linear projector) on tower features computed once
+before training, as train_vlm.py does when they fit in memory, against running the frozen tower
+at every step.
 
 `kernels`: see kernels/bench.py (the device's copy bandwidth and matmul ceilings first, then
 flash attention TFLOP/s vs SDPA's flash and cuDNN backends and depthwise-conv GB/s vs F.conv2d).
@@ -57,7 +60,7 @@ import torch
 from common import cpu_native_bf16, mixed_precision, parse_config, peak_flops, run_main
 from data import IMAGE_TOKEN_INDEX
 from kernels.bench import bench_kernels
-from model import LMConfig, XmodelLM
+from model import IGNORE_INDEX, LMConfig, XmodelLM
 from train_lm import largest_micro_batch, plan_memory, print_plan
 from vision import CLIPVisionTower, VisionConfig
 from vlm import XmodelVLM
@@ -284,6 +287,25 @@ def bench_cpu(cfg):
     wide_optimizer = torch.optim.AdamW(wide.parameters(), lr=1e-4)
     compare(f"fp32 step, {c.n_embd} wide vs {2 * c.n_embd}", step, lambda: step(net=wide, opt=wide_optimizer),
             cfg.repeats, lambda: None, tokens, "tok/s")
+    # stage 2's step on the frozen tower's features, computed once (train_vlm.cache_features), against
+    # running the tower on the pixels at every step: an image and seq_len - 1 text tokens a sample
+    tower = CLIPVisionTower(VisionConfig.preset(cfg.vision)).requires_grad_(False)
+    vlm = XmodelVLM(tower, build_projector("linear", tower.hidden_size, c.n_embd, tower.grid), model).train()
+    vlm_optimizer = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-4)
+    ids = x[:, :cfg.seq_len].clone()
+    ids[:, 0] = IMAGE_TOKEN_INDEX
+    labels = torch.cat([torch.full_like(ids[:, :1], IGNORE_INDEX), ids[:, 1:]], 1)
+    lengths = torch.full((cfg.batch,), cfg.seq_len)
+    pixels = torch.randn(cfg.batch, 3, tower.config.image_size, tower.config.image_size)
+    with torch.no_grad():
+        features = tower(pixels)
+
+    def vlm_step(**images):
+        vlm(ids, lengths, [True] * cfg.batch, labels=labels, **images)[1].backward()
+        vlm_optimizer.step()
+        vlm_optimizer.zero_grad(set_to_none=True)
+    compare(f"VLM step, cached {cfg.vision} tower features", lambda: vlm_step(features=features),
+            lambda: vlm_step(pixels=pixels), cfg.repeats, lambda: None, tokens, "tok/s")
 
 
 def bench_decode(cfg):

@@ -23,7 +23,8 @@ hexagon) never appear in any training image or text.
   instruct.json             stage 2, LLaVA instruct JSON: 4 one-question samples per image (colour,
                               shape, size, count, existence, position, relations, these with
                               "after": 0.75), prompted like LLaVA-1.5's data, 3 either-or questions
-                              (colour, shape, cell: "Is the star blue or red?"); text-only ones (no "image")
+                              (colour, shape, cell: "Is the star blue or red?"), one by the cell ("What
+                              colour is the object in the top left?"); text-only ones (no "image")
   eval/images/              test_*.png and comp_*.png, the image folder of POPE and GQA
   eval/pope/                llava_pope_test.jsonl (question_id, image, text, category) and
                               coco/coco_pope_{random,popular,adversarial}.json (one JSON per line,
@@ -57,12 +58,11 @@ from common import UserError, checked, run_main
 from data import VICUNA_SYSTEM
 from scorers import CHOICE, SHORT, YESNO
 
-# A scene is 1 to 4 shapes, each alone in one cell of a 3x3 grid, so shapes never overlap
-# and "left of" or "above" are exact. Every question is generated from the scene's ground
-# truth, so every answer is known, and accuracy, hallucination and the effect of fewer
-# visual tokens can be measured on a laptop. Text is generated in the main process (it is
-# cheap); only rendering PNGs runs in parallel, and a scene's randomness comes from its own
-# seeded RNG, so the files are byte-identical whatever the number of workers.
+# A scene is 1 to 4 shapes, each alone in one cell of a 3x3 grid, so shapes never overlap and "left
+# of" or "above" are exact. Every question is generated from the scene's ground truth, so every answer
+# is known, and accuracy, hallucination and the effect of fewer visual tokens can be measured on a
+# laptop. Text is generated in the main process (it is cheap); only rendering PNGs runs in parallel,
+# and a scene's randomness comes from its own seeded RNG: the files are the same for any number of workers.
 
 SHAPES = ["circle", "square", "triangle", "star", "hexagon"]
 COLOURS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220),
@@ -131,19 +131,14 @@ def sample_scene(rng, pairs=TRAIN_PAIRS, count=None):
     the plan; pass `count` to keep a plan and redraw the rest."""
     if count is None:
         answer = rng.randint(0, 4)
-        kind = rng.choice(["shape", "colour"] + (["total"] if answer else []))
-        value = "shape"  # what 'total' counts
-        if kind != "total":
-            value = rng.choice(SHAPES if kind == "shape" else list(COLOURS))
+        kind = rng.choice(["shape", "colour"] + (["total"] if answer else []))  # 'total' counts shapes:
+        value = "shape" if kind == "total" else rng.choice(SHAPES if kind == "shape" else list(COLOURS))
         count = {"kind": kind, "value": value, "answer": answer}
     kind, value, answer = count["kind"], count["value"], count["answer"]
     n = answer if kind == "total" else rng.randint(max(answer, 1), 4)
-    if kind == "total":
-        chosen = rng.sample(pairs, n)
-    else:
-        i = 1 if kind == "shape" else 0
-        chosen = (rng.sample([p for p in pairs if p[i] == value], answer) +
-                  rng.sample([p for p in pairs if p[i] != value], n - answer))
+    i = 1 if kind == "shape" else 0
+    chosen = rng.sample(pairs, n) if kind == "total" else (rng.sample([p for p in pairs if p[i] == value], answer) +
+                                                          rng.sample([p for p in pairs if p[i] != value], n - answer))
     objects = [sample_object(rng, c, s, cell) for (c, s), cell in zip(chosen, rng.sample(range(9), n))]
     objects.sort(key=lambda o: 3 * o["row"] + o["col"])  # reading order
     background = [v + rng.randint(-12, 12) for v in BACKGROUND]
@@ -452,10 +447,10 @@ def instruct_samples(scene, rng, used, n=4, lookups=3):
     """Stage-2 samples about one image: n questions of different types, each its own one-turn
     conversation, in the mix of prompt styles of LLaVA-1.5's data: short answers (the GQA/POPE
     suffix), yes/no (MME's suffix) and lettered multiple choice (ScienceQA's suffix); then `lookups`
-    (0-3) either-or questions (either_or), on the colour, the shape and the cell, and with any of them
-    a question by the cell (by_cell). One question a
-    sample, not LLaVA's multi-turn chats: the tiny LM learns to look things up from many short
-    samples far sooner than from fewer long ones (README, "The reading ladder"). used: see choose()."""
+    (0-3) either-or questions (either_or), on the colour, the shape and the cell, and with any, one
+    by the cell (by_cell). One question a sample, not LLaVA's multi-turn chats: the tiny LM learns to
+    look things up from many short samples far sooner than from fewer long ones (README, "The reading
+    ladder"). used: see choose()."""
     samples, mme = [], {"exist": "existence", "count": "count", "relation": "position", "colour": "color"}
     kinds = available_types(scene)
     for qtype in rng.sample(kinds, min(n, len(kinds))):
@@ -478,9 +473,8 @@ def instruct_samples(scene, rng, used, n=4, lookups=3):
 
 
 def by_cell(scene, rng):
-    """"What colour is the object in the top left?": a lookup BY the cell, the key the benchmark adds
-    when no other attribute picks an object out ("the star in the top left"). From those questions
-    alone the LM never learns it: the noun lookup answers half of them (README, "What the default run reaches")."""
+    """A lookup BY the cell ("What colour is the object in the top left?"), which the benchmark's "the star
+    in the top left" needs and its own form never teaches (README, "What the default run reaches")."""
     o, asked = rng.choice(scene["objects"]), rng.choice(["colour", "shape"])
     q = rng.choice(TEMPLATES[asked]).format(f"the object in the {o['cell']}")
     return [{"from": "human", "value": "<image>\n" + q + SHORT}, {"from": "gpt", "value": o[asked]}]
@@ -503,12 +497,8 @@ def pope_files(scenes, seed, train_counts):
             absent = [p for p in TRAIN_PAIRS if p not in present]
             k = min(3, len(present))
             near = [p for p in absent if any(p[0] == q[0] or p[1] == q[1] for q in present)]
-            if cat == "random":
-                negatives = rng.sample(absent, k)
-            elif cat == "popular":
-                negatives = [p for p in popular if p in absent][:k]
-            else:
-                negatives = rng.sample(near, k)
+            negatives = (rng.sample(absent, k) if cat == "random" else rng.sample(near, k) if cat == "adversarial"
+                         else [p for p in popular if p in absent][:k])
             items = [(p, "yes") for p in rng.sample(present, k)] + [(p, "no") for p in negatives]
             rng.shuffle(items)
             for p, label in items:

@@ -262,6 +262,21 @@ def test_either_or_names_one_object_without_the_asked_attribute(world):
         shapes.either_or(scenes(world, "train")[0], shapes.scene_rng(0, "instruct", 0), "size")
 
 
+def test_each_image_gets_one_question_by_the_cell(world):
+    """One "What colour/shape is the object in the <cell>?" per training image (shapes.by_cell), the
+    two attributes both asked; the answers are the oracle's (test_every_training_answer_agrees...)."""
+    by_cell = re.compile(rf"<image>\nWhat (colour is|is the colour of|shape is|is the shape of) the object in the "
+                         rf"(?:{CELLS})\?")
+    per_image, asked = Counter(), Counter()
+    for e in read_json(os.path.join(world, "instruct.json")):
+        m = by_cell.fullmatch(e["conversations"][0]["value"].removesuffix(scorers.SHORT)) if "image" in e else None
+        if m:
+            per_image[e["image"]] += 1
+            asked["colour" in m[1]] += 1
+    assert len(per_image) == len(scenes(world, "train")) and set(per_image.values()) == {1}
+    assert min(asked.values()) > 0.3 * sum(asked.values())
+
+
 def test_relation_questions_and_only_they_wait_for_the_last_part_of_stage_2(world):
     """instruct.json marks each question comparing two objects' places ("Is the red star left of
     the blue circle?", read off the text here) with "after" = RELATIONS_AFTER, and nothing else."""
