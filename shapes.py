@@ -131,7 +131,7 @@ def sample_scene(rng, pairs=TRAIN_PAIRS, count=None):
     the plan; pass `count` to keep a plan and redraw the rest."""
     if count is None:
         answer = rng.randint(0, 4)
-        kind = rng.choice(["shape", "colour"] + (["total"] if answer else []))  # 'total' counts shapes:
+        kind = rng.choice(["shape", "colour"] + (["total"] if answer else []))  # 'total' counts all shapes
         value = "shape" if kind == "total" else rng.choice(SHAPES if kind == "shape" else list(COLOURS))
         count = {"kind": kind, "value": value, "answer": answer}
     kind, value, answer = count["kind"], count["value"], count["answer"]
