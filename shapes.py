@@ -469,12 +469,12 @@ def instruct_samples(scene, rng, used, n=4, lookups=3):
         samples.append({"conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}],
                         **({"after": RELATIONS_AFTER} if qtype == "relation" else {})})
     lookup_turns = [either_or(scene, rng, asked) for asked in rng.sample(["colour", "shape", "cell"], lookups)]
-    return samples + [{"conversations": turns} for turns in lookup_turns + [by_cell(scene, rng)] * (lookups > 0) if turns]
+    lookup_turns += [by_cell(scene, rng)] if lookups else []
+    return samples + [{"conversations": turns} for turns in lookup_turns if turns]
 
 
 def by_cell(scene, rng):
-    """A lookup BY the cell ("What colour is the object in the top left?"), which the benchmark's "the star
-    in the top left" needs and its own form never teaches (README, "What the default run reaches")."""
+    """A lookup BY the cell, "What colour is the object in the top left?": "the star in the top left" needs it."""
     o, asked = rng.choice(scene["objects"]), rng.choice(["colour", "shape"])
     q = rng.choice(TEMPLATES[asked]).format(f"the object in the {o['cell']}")
     return [{"from": "human", "value": "<image>\n" + q + SHORT}, {"from": "gpt", "value": o[asked]}]
